@@ -134,52 +134,56 @@ def _attend_push_kernel(
 def _wait_combine_kernel(
     out_parts_ptr, lse_parts_ptr, flags_ptr, out_ptr, lse_ptr,
     slot_o, slot_l, n_parts, q_heads, kv_heads, batch_size, epoch,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    # One program merges, for one (batch, KV head), the GROUP query heads' parts from
-    # every (rank, split), each as soon as its flag says it has landed.
-    kv_head = tl.program_id(0)
+    # One program merges one row (one query head of one sequence) over every part
+    # (part = rank * splits + split), BLOCK_P parts at a time: it waits until the
+    # flags of the chunk's tiles say they have landed, then folds them in.
+    head = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
-    offs_m = tl.arange(0, BLOCK_M)
+    kv_head = head // GROUP
+    offs_p = tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
-    head_m = kv_head * GROUP + offs_m
-    mask_m = offs_m < GROUP
     mask_d = offs_d < HEAD_DIM
-    tile_mask = mask_m[:, None] & mask_d[None, :]
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for part in range(0, n_parts):  # part = rank * splits + split
-        flag = flags_ptr + (part * batch_size + batch) * kv_heads + kv_head
-        while tl.atomic_add(flag, 0, sem="acquire", scope="sys") < epoch:
-            pass
+    m_i = tl.full((), float("-inf"), tl.float32)
+    l_i = tl.zeros((), tl.float32)
+    acc = tl.zeros((BLOCK_D,), tl.float32)
+    for start_p in range(0, n_parts, BLOCK_P):
+        parts = start_p + offs_p
+        mask_p = parts < n_parts
+        # Spin on the chunk's flags with one vector of acquire atomics (the lanes
+        # poll in parallel, so a chunk costs one round trip, not BLOCK_P).
+        flag_ptrs = flags_ptr + (parts * batch_size + batch) * kv_heads + kv_head
+        seen = tl.zeros((BLOCK_P,), tl.int32)
+        while tl.min(seen, 0) < epoch:
+            seen = tl.atomic_add(flag_ptrs, 0, mask=mask_p, sem="acquire", scope="sys")
+            seen = tl.where(mask_p, seen, epoch)
         tl.debug_barrier()
-        tile_row = (part * batch_size + batch) * q_heads
+        rows = (parts * batch_size + batch) * q_heads + head
         # .cg: read from L2, never from a stale L1 line of an earlier round.
-        lse = tl.load(lse_parts_ptr + slot_l + tile_row + head_m, mask=mask_m,
-                      other=float("-inf"), cache_modifier=".cg")
-        o = tl.load(out_parts_ptr + slot_o + (tile_row + head_m[:, None]) * HEAD_DIM
-                    + offs_d[None, :], mask=tile_mask, other=0.0, cache_modifier=".cg")
-        m_new = tl.maximum(m_i, lse)
+        lse = tl.load(lse_parts_ptr + slot_l + rows, mask=mask_p, other=float("-inf"),
+                      cache_modifier=".cg")
+        o = tl.load(out_parts_ptr + slot_o + rows[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=mask_p[:, None] & mask_d[None, :], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_i, tl.max(lse, 0))
+        # While every part seen is empty (-inf), shift by 0 so exp() gives 0, not NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
         w = tl.exp(lse - m_safe)
-        # An empty part (lse = -inf) contributes nothing, whatever its output holds.
+        # An empty part's output is meaningless (it may be NaN): never multiply it by 0.
         o = tl.where(w[:, None] > 0.0, o, 0.0)
-        acc = acc * alpha[:, None] + w[:, None] * o
-        l_i = l_i * alpha + w
+        acc = acc * alpha + tl.sum(w[:, None] * o, 0)
+        l_i = l_i * alpha + tl.sum(w, 0)
         m_i = m_new
 
     nonempty = l_i > 0.0
     l_safe = tl.where(nonempty, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    rows = batch * q_heads + head_m
-    tl.store(out_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=tile_mask)
-    tl.store(lse_ptr + rows, tl.where(nonempty, m_i + tl.log(l_safe), float("-inf")),
-             mask=mask_m)
+    row = batch * q_heads + head
+    tl.store(out_ptr + row * HEAD_DIM + offs_d, (acc / l_safe).to(out_ptr.dtype.element_ty),
+             mask=mask_d)
+    tl.store(lse_ptr + row, tl.where(nonempty, m_i + tl.log(l_safe), float("-inf")))
 
 
 @dataclass(frozen=True)
@@ -316,14 +320,15 @@ def combine_from_peers(
     """
     _, world, splits, batch, q_heads, head_dim = bufs.out_parts.shape
     kv_heads = bufs.flags.shape[3]
-    group = q_heads // kv_heads
     slot_o, slot_l, _ = bufs.slots(epoch, 0)
     out = torch.empty((batch, q_heads, head_dim), dtype=out_dtype, device=bufs.out_parts.device)
     lse = torch.empty((batch, q_heads), dtype=torch.float32, device=bufs.out_parts.device)
-    launchable(_wait_combine_kernel)[(kv_heads, batch)](
+    n_parts = world * splits
+    launchable(_wait_combine_kernel)[(q_heads, batch)](
         bufs.out_parts, bufs.lse_parts, bufs.flags, out, lse,
-        slot_o, slot_l, world * splits, q_heads, kv_heads, batch, epoch,
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_M=max(16, triton.next_power_of_2(group)),
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), num_warps=4,
+        slot_o, slot_l, n_parts, q_heads, kv_heads, batch, epoch,
+        GROUP=q_heads // kv_heads, HEAD_DIM=head_dim,
+        BLOCK_P=min(64, triton.next_power_of_2(n_parts)),
+        BLOCK_D=triton.next_power_of_2(head_dim), num_warps=1 if interpreting() else 4,
     )
     return out, lse
