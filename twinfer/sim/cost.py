@@ -1,0 +1,366 @@
+"""The execution-time predictor: how long one operation takes on one GPU type.
+
+Vidur's vocabulary, twinfer's method: instead of a trained regressor, each operation
+is read off the GPU type's calibration profile (``twinfer.sim.profile``):
+
+- **GEMM** ``[m, k] x [k, n]``: the samples of that exact weight shape ``(n, k)``,
+  interpolated over m in log-log space (monotone). A shape the profile never measured
+  falls back to a roofline whose ceilings are the best the profile achieved
+  (bytes/s over its GEMM samples, the dtype's matmul peak) and says so.
+- **decode attention** by (batch, context, q heads, kv heads, head dim): a (batch,
+  context) grid per head configuration, bilinear in log space; above the grid the
+  time grows linearly (decode attention streams the KV cache).
+- **prefill attention** by prompt tokens per head configuration; a chunk of ``c``
+  tokens after ``p`` cached ones costs ``f(p + c) - f(p)`` of the causal curve ``f``.
+- **element-wise / norm** by bytes moved.
+- **collectives** by (op, bytes, ranks, link kind): measured points in range, the
+  alpha-beta line beyond; a missing group size or op is derived by ring-algorithm
+  traffic factors from one that was measured, and a scenario's ``cluster.links``
+  override replaces the profile's line for that link kind.
+
+Nothing is extrapolated silently: every distinct basis of a prediction (which
+samples, which fallback) is written to a ``Provenance`` the result carries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from twinfer.sim.interp import ABOVE, BELOW, INSIDE, LogLogGrid, LogLogSeries
+from twinfer.sim.profile import COLLECTIVE_OPS, CollectiveFit, Profile
+from twinfer.spec.cluster import LinkSpec
+from twinfer.spec.errors import SpecError
+from twinfer.spec.model import DTYPE_BYTES
+
+
+class Provenance:
+    """The distinct bases of a prediction: measured samples, scalings and fallbacks."""
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple, str] = {}
+
+    def note(self, key: tuple, text: str) -> None:
+        if key not in self._lines:
+            self._lines[key] = text
+
+    def lines(self) -> list[str]:
+        return sorted(self._lines.values())
+
+
+def ring_traffic(op: str, ranks: int) -> tuple[float, int]:
+    """(bytes each rank sends per byte of the op's tensor, latency steps) of NCCL's ring.
+
+    The tensor is what torch.distributed sees per rank: all_gather's input shard,
+    reduce_scatter's full input, the all-reduced / broadcast / sent tensor.
+    """
+    r = ranks
+    if op == "all_reduce":
+        return 2.0 * (r - 1) / r, 2 * (r - 1)
+    if op == "all_gather":
+        return float(r - 1), r - 1
+    if op == "reduce_scatter":
+        return (r - 1) / r, r - 1
+    if op == "broadcast":
+        return 1.0, r - 1
+    if op == "send_recv":
+        return 1.0, 1
+    raise ValueError(f"unknown collective {op!r}")
+
+
+class CostModel:
+    """Per-operation times for one GPU type running a model of ``dtype``."""
+
+    def __init__(self, profile: Profile, dtype: str,
+                 links: dict[str, LinkSpec] | None = None,
+                 provenance: Provenance | None = None) -> None:
+        self.profile = profile
+        self.dtype = dtype
+        self.dtype_bytes = DTYPE_BYTES[dtype]
+        self.links = dict(links or {})
+        self.provenance = provenance if provenance is not None else Provenance()
+        self.name = profile.name
+        flops = profile.peaks.matmul_flops_per_s.get(dtype)
+        if flops is None:
+            have = ", ".join(sorted(profile.peaks.matmul_flops_per_s)) or "none"
+            raise SpecError(f"profile {profile.name}.peaks.matmul_flops_per_s",
+                            f"has no {dtype} peak (has: {have})",
+                            f"add a {dtype} entry or use a model of another dtype")
+        self.flops_per_s = flops
+        self.copy_bytes_per_s = profile.peaks.copy_bytes_per_s
+        self._build_compute()
+        self._cache: dict[tuple, float] = {}
+
+    # ---- setup ---------------------------------------------------------------------
+    def _build_compute(self) -> None:
+        ops = self.profile.ops
+        db = self.dtype_bytes
+        self.samples_usable = ops.gemm.dtype == self.dtype
+        gemm_pts: dict[tuple, list] = defaultdict(list)
+        prefill_pts: dict[tuple, list] = defaultdict(list)
+        decode_pts: dict[tuple, dict] = defaultdict(dict)
+        gemm_bw = prefill_bw = decode_bw = 0.0
+        if self.samples_usable:
+            for s in ops.gemm.samples:
+                gemm_pts[(s.n, s.k)].append((s.m, s.time_s))
+                nbytes = (s.m * s.k + s.k * s.n + s.m * s.n) * db
+                gemm_bw = self._achieved_bw(gemm_bw, nbytes, 2.0 * s.m * s.n * s.k, s.time_s)
+            for s in ops.prefill_attention.samples:
+                shape = (s.q_heads, s.kv_heads, s.head_dim)
+                prefill_pts[shape].append((s.tokens, s.time_s))
+                nbytes = s.tokens * (2 * s.q_heads + 2 * s.kv_heads) * s.head_dim * db
+                flops = 2.0 * s.tokens * s.tokens * s.q_heads * s.head_dim
+                prefill_bw = self._achieved_bw(prefill_bw, nbytes, flops, s.time_s)
+            for s in ops.decode_attention.samples:
+                grid = decode_pts[(s.q_heads, s.kv_heads, s.head_dim)]
+                key = (s.batch, s.context)
+                grid[key] = max(s.time_s, grid.get(key, 0.0))
+                nbytes = _decode_bytes(s.batch, s.context, s.q_heads, s.kv_heads, s.head_dim, db)
+                flops = 4.0 * s.batch * s.context * s.q_heads * s.head_dim
+                decode_bw = self._achieved_bw(decode_bw, nbytes, flops, s.time_s)
+        self._gemm = {shape: LogLogSeries(pts) for shape, pts in gemm_pts.items()}
+        self._prefill = {shape: LogLogSeries(pts) for shape, pts in prefill_pts.items()}
+        self._decode: dict[tuple, LogLogGrid | LogLogSeries] = {}
+        for shape, grid in decode_pts.items():
+            if LogLogGrid.is_grid(grid):
+                self._decode[shape] = LogLogGrid(grid)
+            else:  # scattered points: one curve over KV tokens read
+                self._decode[shape] = LogLogSeries((b * c, t) for (b, c), t in grid.items())
+        self._gemm_bw = gemm_bw or self.copy_bytes_per_s
+        self._prefill_bw = prefill_bw or self.copy_bytes_per_s
+        self._decode_bw = decode_bw or self.copy_bytes_per_s
+        self._elementwise = (LogLogSeries((s.bytes, s.time_s) for s in ops.elementwise.samples)
+                             if ops.elementwise.samples else None)
+        if ops.gemm.samples and not self.samples_usable:
+            self.provenance.note(("dtype", self.name),
+                                 f"{self.name}: compute samples are {ops.gemm.dtype}, the model "
+                                 f"is {self.dtype}: GEMM and attention use the roofline")
+
+    def _achieved_bw(self, best: float, nbytes: float, flops: float, time_s: float) -> float:
+        """The best bytes/s of the memory-bound samples (a compute-bound sample's bytes/s
+        says nothing about the memory ceiling)."""
+        if nbytes / self.copy_bytes_per_s >= flops / self.flops_per_s:
+            return max(best, nbytes / time_s)
+        return best
+
+    def _ceiling_note(self, op: str, shape: object, bw: float, have_samples: bool) -> None:
+        basis = ("achieved ceilings of its samples" if have_samples else "peaks (no samples)")
+        self.provenance.note((op, "roofline", shape),
+                             f"{self.name} {op} {shape}: roofline from {basis}, "
+                             f"{bw / 1e12:.2f} TB/s, {self.flops_per_s / 1e12:.0f} TFLOP/s")
+
+    def _range_note(self, op: str, shape: object, where: str, lo: float, hi: float) -> None:
+        how = ("clamped to the smallest measured point" if where == BELOW
+               else "scaled from the largest measured point")
+        self.provenance.note((op, where, shape),
+                             f"{self.name} {op} {shape}: outside measured range "
+                             f"[{lo:g}, {hi:g}], {how}")
+
+    # ---- compute -------------------------------------------------------------------
+    def gemm_s(self, m: int, n: int, k: int) -> float:
+        """[m, k] x [k, n] in the model's dtype."""
+        key = ("gemm", m, n, k)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        series = self._gemm.get((n, k))
+        if series is None:
+            t = self._gemm_roofline(m, n, k)
+            self._ceiling_note("gemm", f"n={n} k={k}", self._gemm_bw, bool(self._gemm))
+        else:
+            t, where = series.at(m)
+            if where == ABOVE:
+                t *= self._gemm_roofline(m, n, k) / self._gemm_roofline(series.hi, n, k)
+            if where in (ABOVE, BELOW):
+                self._range_note("gemm", f"n={n} k={k}", where, series.lo, series.hi)
+            else:
+                self.provenance.note(("gemm", "inside", (n, k)),
+                                     f"{self.name} gemm n={n} k={k}: interpolated over "
+                                     f"{len(series)} measured m")
+        self._cache[key] = t
+        return t
+
+    def _gemm_roofline(self, m: float, n: int, k: int) -> float:
+        nbytes = (m * k + k * n + m * n) * self.dtype_bytes
+        return max(2.0 * m * n * k / self.flops_per_s, nbytes / self._gemm_bw)
+
+    def decode_attention_s(self, batch: int, context: float, q_heads: int, kv_heads: int,
+                           head_dim: int) -> float:
+        """One decode step of ``batch`` sequences over ``context`` KV tokens each (mean)."""
+        if batch <= 0:
+            return 0.0
+        shape = (q_heads, kv_heads, head_dim)
+        curve = self._decode.get(shape)
+        if curve is None:
+            self._ceiling_note("decode_attention", _heads(shape), self._decode_bw,
+                               bool(self._decode))
+            nbytes = _decode_bytes(batch, context, q_heads, kv_heads, head_dim, self.dtype_bytes)
+            flops = 4.0 * batch * context * q_heads * head_dim
+            return max(nbytes / self._decode_bw, flops / self.flops_per_s)
+        if isinstance(curve, LogLogGrid):
+            t, where_b, where_c = curve.at(batch, context)
+            if where_b == ABOVE:
+                t *= batch / curve.a_vals[-1]
+            if where_c == ABOVE:
+                t *= context / curve.b_vals[-1]
+            outside = [(f"batch {w}", w) for w in (where_b,) if w != INSIDE]
+            outside += [(f"context {w}", w) for w in (where_c,) if w != INSIDE]
+        else:
+            t, where = curve.at(batch * context)
+            if where == ABOVE:
+                t *= batch * context / curve.hi
+            outside = [(f"KV tokens {where}", where)] if where != INSIDE else []
+        for what, where in outside:
+            how = ("clamped to the grid's edge" if where == BELOW
+                   else "scaled linearly from the grid's edge")
+            self.provenance.note(("decode_attention", what, shape),
+                                 f"{self.name} decode_attention {_heads(shape)}: {what} the "
+                                 f"measured range, {how}")
+        if not outside:
+            self.provenance.note(("decode_attention", "inside", shape),
+                                 f"{self.name} decode_attention {_heads(shape)}: interpolated "
+                                 "over measured (batch, context)")
+        return t
+
+    def prefill_attention_s(self, tokens: float, q_heads: int, kv_heads: int,
+                            head_dim: int) -> float:
+        """Causal attention over one prompt of ``tokens`` tokens (0 for none)."""
+        if tokens <= 0:
+            return 0.0
+        shape = (q_heads, kv_heads, head_dim)
+        series = self._prefill.get(shape)
+        if series is None:
+            self._ceiling_note("prefill_attention", _heads(shape), self._prefill_bw,
+                               bool(self._prefill))
+            return self._prefill_roofline(tokens, shape)
+        t, where = series.at(tokens)
+        if where == ABOVE:
+            t *= self._prefill_roofline(tokens, shape) / self._prefill_roofline(series.hi, shape)
+        if where in (ABOVE, BELOW):
+            self._range_note("prefill_attention", _heads(shape), where, series.lo, series.hi)
+        else:
+            self.provenance.note(("prefill_attention", "inside", shape),
+                                 f"{self.name} prefill_attention {_heads(shape)}: interpolated "
+                                 f"over {len(series)} measured prompt lengths")
+        return t
+
+    def _prefill_roofline(self, tokens: float, shape: tuple[int, int, int]) -> float:
+        q, kv, d = shape
+        flops = 2.0 * tokens * tokens * q * d  # QK^T and PV over the causal half
+        nbytes = tokens * (2 * q + 2 * kv) * d * self.dtype_bytes
+        return max(flops / self.flops_per_s, nbytes / self._prefill_bw)
+
+    def prefill_chunk_s(self, chunk: int, prior: int, q_heads: int, kv_heads: int,
+                        head_dim: int) -> float:
+        """``chunk`` new prompt tokens attending causally over ``prior`` cached ones."""
+        total = self.prefill_attention_s(prior + chunk, q_heads, kv_heads, head_dim)
+        return total - self.prefill_attention_s(prior, q_heads, kv_heads, head_dim)
+
+    def elementwise_s(self, nbytes: float) -> float:
+        """A memory-bound kernel moving ``nbytes`` (read + write)."""
+        if nbytes <= 0:
+            return 0.0
+        series = self._elementwise
+        if series is None:
+            self.provenance.note(("elementwise", "roofline"),
+                                 f"{self.name} elementwise: bytes / copy bandwidth "
+                                 f"{self.copy_bytes_per_s / 1e12:.2f} TB/s (no samples)")
+            return nbytes / self.copy_bytes_per_s
+        t, where = series.at(nbytes)
+        if where == ABOVE:
+            t *= nbytes / series.hi
+        if where in (ABOVE, BELOW):
+            self._range_note("elementwise", "", where, series.lo, series.hi)
+        return t
+
+    # ---- communication -------------------------------------------------------------
+    def collective_s(self, op: str, nbytes: float, ranks: int, link: str) -> float:
+        """``op`` over ``ranks`` GPUs joined by ``link``; ``nbytes`` per rank as torch sees."""
+        if ranks <= 1 or nbytes <= 0:
+            return 0.0
+        key = (op, nbytes, ranks, link)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        override = self.links.get(link)
+        if override is not None:
+            traffic, steps = ring_traffic(op, ranks)
+            t = steps * override.latency_us * 1e-6 + traffic * nbytes / (override.bw_gbps * 1e9)
+            self.provenance.note(("link", link), f"{link}: scenario override "
+                                 f"{override.bw_gbps:g} GB/s, {override.latency_us:g} us "
+                                 "(ring algorithm)")
+        else:
+            t = self._profile_collective(op, nbytes, ranks, link)
+        self._cache[key] = t
+        return t
+
+    def _profile_collective(self, op: str, nbytes: float, ranks: int, link: str) -> float:
+        fit = self.profile.collective(link, op, ranks)
+        label = f"{self.name} {op} {link} ranks={ranks}"
+        if fit is not None:
+            return self._fitted(fit, nbytes, label)
+        src_op, src_ranks, src = self._nearest_collective(op, ranks, link)
+        traffic, steps = ring_traffic(op, ranks)
+        src_traffic, src_steps = ring_traffic(src_op, src_ranks)
+        self.provenance.note(("derived", op, ranks, link),
+                             f"{label}: not measured, derived from {src_op} ranks={src_ranks} "
+                             "by ring-algorithm traffic factors")
+        bus_bytes_per_s = src.bytes_per_s * src_traffic
+        return src.alpha_s * steps / src_steps + traffic * nbytes / bus_bytes_per_s
+
+    def _fitted(self, fit: CollectiveFit, nbytes: float, label: str) -> float:
+        if not fit.samples:
+            self.provenance.note(("fit", label), f"{label}: alpha-beta line without samples "
+                                 f"({fit.alpha_s * 1e6:.1f} us, {fit.bytes_per_s / 1e9:.0f} GB/s)")
+            return fit.alpha_s + nbytes / fit.bytes_per_s
+        series = self._collective_series(fit, label)
+        t, where = series.at(nbytes)
+        if where == ABOVE:  # continue along the fitted bandwidth, monotone at the edge
+            t += (nbytes - series.hi) / fit.bytes_per_s
+        elif where == BELOW:  # the line, but never above the smallest measured time
+            t = min(t, fit.alpha_s + nbytes / fit.bytes_per_s)
+        if where == INSIDE:
+            self.provenance.note(("coll", label), f"{label}: interpolated over "
+                                 f"{len(series)} measured sizes")
+        else:
+            self.provenance.note(("coll", where, label),
+                                 f"{label}: {where} measured sizes [{series.lo:g}, "
+                                 f"{series.hi:g}] B, continued along the alpha-beta line")
+        return t
+
+    def _collective_series(self, fit: CollectiveFit, label: str) -> LogLogSeries:
+        key = ("series", label)
+        series = self._cache.get(key)
+        if series is None:
+            series = LogLogSeries((s.bytes, s.time_s) for s in fit.samples)
+            self._cache[key] = series  # type: ignore[assignment]
+        return series  # type: ignore[return-value]
+
+    def _nearest_collective(self, op: str, ranks: int,
+                            link: str) -> tuple[str, int, CollectiveFit]:
+        by_op = self.profile.collectives.get(link, {})  # type: ignore[call-overload]
+        candidates = []
+        for src_op in COLLECTIVE_OPS:
+            for r_str, fit in by_op.get(src_op, {}).items():
+                r = int(r_str)
+                # the same op first, then all_reduce (NCCL's best-tuned), then the rest
+                rank_op = 0 if src_op == op else (1 if src_op == "all_reduce" else 2)
+                candidates.append(((rank_op, abs(r - ranks), r), src_op, r, fit))
+        if not candidates:
+            raise SpecError(f"cluster.links.{link}",
+                            f"profile {self.name} has no collectives over {link} and the "
+                            "scenario gives no link override",
+                            f"add cluster.links.{link}: {{bw_gbps: ..., latency_us: ...}} "
+                            "or calibrate that link")
+        _, src_op, r, fit = min(candidates, key=lambda c: c[0])
+        return src_op, r, fit
+
+
+def _heads(shape: tuple[int, int, int]) -> str:
+    q, kv, d = shape
+    return f"q_heads={q} kv_heads={kv} head_dim={d}"
+
+
+def _decode_bytes(batch: float, context: float, q_heads: int, kv_heads: int, head_dim: int,
+                  dtype_bytes: int) -> float:
+    """KV read (K and V) plus query in and output out."""
+    return (2.0 * batch * context * kv_heads + 2.0 * batch * q_heads) * head_dim * dtype_bytes

@@ -1,0 +1,123 @@
+"""Monotone interpolation of measured times in log-log space.
+
+Kernel times grow with problem size, but measurements carry noise: a GEMM with m=32
+may time a hair faster than one with m=16. The cost model must never predict that
+more work is faster (the engine's invariants and layout search rely on it), so each
+curve is made non-decreasing (a running maximum over the sorted points) before it is
+interpolated, linearly in log x and log t. Outside the measured range nothing is
+invented silently: ``LogLogSeries.at`` says whether a query was inside, below (the
+caller gets the smallest point's time) or above (the caller scales from the largest
+point and says how).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterable
+
+INSIDE, BELOW, ABOVE = "inside", "below", "above"
+
+
+def _monotone(points: Iterable[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Sorted distinct x with the largest time seen at each x, then a running maximum."""
+    by_x: dict[float, float] = {}
+    for x, t in points:
+        by_x[x] = max(t, by_x.get(x, 0.0))
+    xs = sorted(by_x)
+    ts, best = [], 0.0
+    for x in xs:
+        best = max(best, by_x[x])
+        ts.append(best)
+    return xs, ts
+
+
+class LogLogSeries:
+    """A non-decreasing t(x) through measured points, linear in (log x, log t)."""
+
+    def __init__(self, points: Iterable[tuple[float, float]]) -> None:
+        xs, ts = _monotone(points)
+        if not xs:
+            raise ValueError("a series needs at least one point")
+        self.xs = xs
+        self.ts = ts
+        self._lx = [math.log(x) for x in xs]
+        self._lt = [math.log(t) for t in ts]
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    @property
+    def lo(self) -> float:
+        return self.xs[0]
+
+    @property
+    def hi(self) -> float:
+        return self.xs[-1]
+
+    def at(self, x: float) -> tuple[float, str]:
+        """(time, where): where is INSIDE, BELOW (time of the smallest point) or ABOVE
+        (time of the largest point; the caller scales it)."""
+        xs = self.xs
+        if x <= xs[0]:
+            return self.ts[0], (INSIDE if x == xs[0] else BELOW)
+        if x >= xs[-1]:
+            return self.ts[-1], (INSIDE if x == xs[-1] else ABOVE)
+        i = bisect_left(xs, x)
+        lx = math.log(x)
+        x0, x1 = self._lx[i - 1], self._lx[i]
+        t0, t1 = self._lt[i - 1], self._lt[i]
+        return math.exp(t0 + (t1 - t0) * (lx - x0) / (x1 - x0)), INSIDE
+
+
+class LogLogGrid:
+    """t(a, b) on a full rectilinear grid, bilinear in log space, non-decreasing in both.
+
+    Used for decode attention over (batch, context). Queries outside the grid are
+    clamped to its edge and reported as BELOW or ABOVE per axis, so the caller can
+    scale (time grows linearly with batch and with context once memory-bound).
+    """
+
+    def __init__(self, points: dict[tuple[float, float], float]) -> None:
+        a_vals = sorted({a for a, _ in points})
+        b_vals = sorted({b for _, b in points})
+        if len(points) != len(a_vals) * len(b_vals):
+            raise ValueError("the points do not form a full grid")
+        grid = [[points[(a, b)] for b in b_vals] for a in a_vals]
+        for row in grid:  # running maximum along b, then along a: monotone in both
+            for j in range(1, len(row)):
+                row[j] = max(row[j], row[j - 1])
+        for i in range(1, len(grid)):
+            for j in range(len(b_vals)):
+                grid[i][j] = max(grid[i][j], grid[i - 1][j])
+        self.a_vals, self.b_vals = a_vals, b_vals
+        self._la = [math.log(a) for a in a_vals]
+        self._lb = [math.log(b) for b in b_vals]
+        self._lt = [[math.log(t) for t in row] for row in grid]
+
+    @staticmethod
+    def is_grid(keys: Iterable[tuple[float, float]]) -> bool:
+        keys = set(keys)
+        return len(keys) == len({a for a, _ in keys}) * len({b for _, b in keys})
+
+    @staticmethod
+    def _locate(vals: list[float], logs: list[float], v: float) -> tuple[int, float, str]:
+        """Cell index and weight of the upper neighbour, with where the value fell."""
+        if v <= vals[0]:
+            return 0, 0.0, (INSIDE if v == vals[0] else BELOW)
+        if v >= vals[-1]:
+            last = len(vals) - 1
+            return max(last - 1, 0), (1.0 if last else 0.0), (INSIDE if v == vals[-1] else ABOVE)
+        i = bisect_left(vals, v)
+        return i - 1, (math.log(v) - logs[i - 1]) / (logs[i] - logs[i - 1]), INSIDE
+
+    def at(self, a: float, b: float) -> tuple[float, str, str]:
+        """(time at the clamped point, where along a, where along b)."""
+        i, wa, where_a = self._locate(self.a_vals, self._la, a)
+        j, wb, where_b = self._locate(self.b_vals, self._lb, b)
+        lt = self._lt
+        i1 = min(i + 1, len(lt) - 1)
+        j1 = min(j + 1, len(lt[0]) - 1)
+        low = lt[i][j] + (lt[i][j1] - lt[i][j]) * wb
+        high = lt[i1][j] + (lt[i1][j1] - lt[i1][j]) * wb
+        return math.exp(low + (high - low) * wa), where_a, where_b

@@ -1,0 +1,277 @@
+"""Calibration profile, schema version 1: what one GPU type measured, as the twin reads it.
+
+A profile is the per-GPU-type data behind the execution-time predictor (Vidur keeps
+the same split: profiling data per device, a predictor that reads it). It holds the
+device's peaks, raw samples per operation (GEMM, decode and prefill attention,
+element-wise), fitted alpha-beta lines per collective, link kind and group size,
+fixed overheads and memory reservations. Every op section may be empty: the cost
+model then falls back to a roofline from ``peaks`` and says so in its provenance.
+
+The schema is documented field by field in docs/PROFILE.md. Loading validates
+strictly (unknown keys rejected); a corrupt file, a foreign document or a newer
+schema version is a one-line ``SpecError``. ``save_profile`` writes atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from twinfer.spec.cluster import LinkKind
+from twinfer.spec.errors import SpecError, pydantic_to_spec_error
+
+SCHEMA_VERSION = 1
+
+Source = Literal["measured", "coarse first measurements", "datasheet", "cpu-measured"]
+CollectiveOp = Literal["all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv"]
+COLLECTIVE_OPS: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter", "broadcast",
+                                   "send_recv")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceInfo(_Strict):
+    """The device and software the samples were taken on."""
+
+    name: str
+    memory_bytes: int = Field(gt=0)
+    sm_count: int = Field(0, ge=0)
+    l2_bytes: int = Field(0, ge=0)
+    driver: str = ""
+    cuda: str = ""
+    torch: str = ""
+    triton: str = ""
+    nccl: str = ""
+    date: str = ""
+    host: str = ""
+
+
+class Peaks(_Strict):
+    """Best throughputs seen: memory traffic (read + write counted) and matmul per dtype."""
+
+    copy_bytes_per_s: float = Field(gt=0)
+    matmul_flops_per_s: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("matmul_flops_per_s")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for dtype, flops in value.items():
+            if flops <= 0:
+                raise ValueError(f"matmul_flops_per_s[{dtype!r}] must be positive")
+        return value
+
+
+class GemmSample(_Strict):
+    """[m, k] x [k, n] took ``time_s``."""
+
+    m: int = Field(ge=1)
+    n: int = Field(ge=1)
+    k: int = Field(ge=1)
+    time_s: float = Field(gt=0)
+
+
+class DecodeAttentionSample(_Strict):
+    """One decode step of ``batch`` sequences, each attending over ``context`` KV tokens."""
+
+    batch: int = Field(ge=1)
+    context: int = Field(ge=1)
+    q_heads: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
+    time_s: float = Field(gt=0)
+
+
+class PrefillAttentionSample(_Strict):
+    """Causal attention over one prompt of ``tokens`` tokens."""
+
+    tokens: int = Field(ge=1)
+    q_heads: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
+    time_s: float = Field(gt=0)
+
+
+class ElementwiseSample(_Strict):
+    """A memory-bound kernel that moved ``bytes`` (read + write)."""
+
+    bytes: int = Field(ge=1)
+    time_s: float = Field(gt=0)
+
+
+class GemmOp(_Strict):
+    dtype: str = "bf16"
+    samples: list[GemmSample] = Field(default_factory=list)
+
+
+class DecodeAttentionOp(_Strict):
+    samples: list[DecodeAttentionSample] = Field(default_factory=list)
+
+
+class PrefillAttentionOp(_Strict):
+    samples: list[PrefillAttentionSample] = Field(default_factory=list)
+
+
+class ElementwiseOp(_Strict):
+    samples: list[ElementwiseSample] = Field(default_factory=list)
+
+
+class Ops(_Strict):
+    gemm: GemmOp = GemmOp()
+    decode_attention: DecodeAttentionOp = DecodeAttentionOp()
+    prefill_attention: PrefillAttentionOp = PrefillAttentionOp()
+    elementwise: ElementwiseOp = ElementwiseOp()
+
+
+class CollectiveSample(_Strict):
+    """``bytes``: the tensor size per rank as torch.distributed sees it (docs/PROFILE.md)."""
+
+    bytes: int = Field(ge=1)
+    time_s: float = Field(gt=0)
+
+
+class CollectiveFit(_Strict):
+    """Hockney's alpha-beta line ``t = alpha_s + bytes / bytes_per_s`` and its samples."""
+
+    alpha_s: float = Field(ge=0)
+    bytes_per_s: float = Field(gt=0)
+    samples: list[CollectiveSample] = Field(default_factory=list)
+    residual_rel: float = Field(0.0, ge=0)
+
+
+class Overheads(_Strict):
+    step_s: float = Field(0.0, ge=0, description="host + launch time per executor step")
+    per_layer_s: float = Field(0.0, ge=0, description="launch time per layer per step")
+    cuda_graphs: bool = False
+    comm_overlap: float = Field(0.0, ge=0, le=1, description="share of TP collectives hidden")
+
+
+class MemoryInfo(_Strict):
+    workspace_bytes: int = Field(0, ge=0, description="runtime reservation per GPU")
+    activation_bytes_per_token: int = Field(0, ge=0, description="per token in a step")
+
+
+Collectives = dict[LinkKind, dict[CollectiveOp, dict[str, CollectiveFit]]]
+
+
+class Profile(_Strict):
+    """One GPU type's calibration profile (schema version 1)."""
+
+    schema_version: Literal[1] = 1
+    name: str
+    source: Source
+    device: DeviceInfo
+    peaks: Peaks
+    ops: Ops = Ops()
+    collectives: Collectives = Field(default_factory=dict)
+    overheads: Overheads = Overheads()
+    memory: MemoryInfo = MemoryInfo()
+    notes: list[str] = Field(default_factory=list)
+
+    @field_validator("collectives")
+    @classmethod
+    def _ranks_keys(cls, value: Collectives) -> Collectives:
+        for link, ops in value.items():
+            for op, by_ranks in ops.items():
+                for ranks in by_ranks:
+                    if not ranks.isdigit() or int(ranks) < 2:
+                        raise ValueError(f"collectives.{link}.{op}: key {ranks!r} must be a "
+                                         "group size >= 2 written as a string, e.g. \"2\"")
+        return value
+
+    @property
+    def is_calibrated(self) -> bool:
+        """False for datasheet-derived profiles, whose predictions are not measured."""
+        return self.source != "datasheet"
+
+    def collective(self, link: str, op: str, ranks: int) -> CollectiveFit | None:
+        return self.collectives.get(link, {}).get(op, {}).get(str(ranks))  # type: ignore[call-overload]
+
+    def summary(self) -> str:
+        return f"{self.name} ({self.device.name}, {self.source}, {self.device.date or 'undated'})"
+
+
+# ---- reading and writing -------------------------------------------------------------
+def profiles_dir() -> Path:
+    """The shipped profiles: twinfer/calibration/profiles/."""
+    return Path(__file__).resolve().parents[1] / "calibration" / "profiles"
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """GPU-type name -> shipped profile path."""
+    folder = profiles_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.json"))}
+
+
+def load_profile(source: str | Path) -> Profile:
+    """A profile from a JSON path, or a shipped one by GPU-type name (``h200-sxm``)."""
+    path = Path(source)
+    if not path.exists():
+        shipped = shipped_profiles()
+        if str(source) not in shipped:
+            raise SpecError("profile", f"{source} is neither a file nor a shipped profile",
+                            f"give a profile JSON path or one of: {', '.join(shipped) or 'none'}")
+        path = shipped[str(source)]
+    stat = path.stat()
+    return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_cached(path_str: str, mtime_ns: int, size: int) -> Profile:
+    path = Path(path_str)
+    field = f"profile {path.name}"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SpecError(field, f"cannot be read ({exc.strerror})", "check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise SpecError(field, f"is not valid JSON{where}",
+                        "regenerate it with `twinfer calibrate` or restore the file") from None
+    return profile_from_dict(data, field)
+
+
+def profile_from_dict(data: object, field: str = "profile") -> Profile:
+    """Validate a parsed profile document; foreign or newer documents are a SpecError."""
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise SpecError(field, "is not a twinfer profile (no schema_version)",
+                        "give a JSON written by `twinfer calibrate`")
+    version = data["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise SpecError(f"{field}.schema_version",
+                        f"is {version!r}; this twinfer reads version {SCHEMA_VERSION}",
+                        "upgrade twinfer or regenerate the profile with this version")
+    try:
+        return Profile(**data)
+    except ValidationError as exc:
+        raise pydantic_to_spec_error(exc, field) from None
+
+
+def save_profile(profile: Profile, path: str | Path) -> Path:
+    """Write ``profile`` as JSON atomically (temporary file, then ``os.replace``)."""
+    path = Path(path)
+    write_json_atomic(path, profile.model_dump(mode="json"))
+    return path
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Readers see the old file or the new one, whole; never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
