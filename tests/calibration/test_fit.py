@@ -1,0 +1,76 @@
+"""The fits recover known parameters from synthetic data with noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twinfer.calibration.fit import (
+    curve_quality,
+    fit_alpha_beta,
+    fit_linear_nonneg,
+    loglog_interp,
+)
+
+SIZES = np.array([4096 * 2**i for i in range(17)], dtype=float)  # 4 KiB .. 256 MiB
+
+
+@pytest.mark.parametrize("alpha_s,bw", [(20e-6, 300e9), (5e-6, 25e9), (200e-6, 1e9)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_alpha_beta_recovers_parameters_under_noise(alpha_s, bw, seed):
+    rng = np.random.default_rng(seed)
+    x = np.repeat(SIZES, 3)
+    t = (alpha_s + x / bw) * rng.lognormal(0.0, 0.03, size=x.size)
+    fit = fit_alpha_beta(x, t)
+    assert fit.bytes_per_s == pytest.approx(bw, rel=0.05)
+    assert fit.alpha_s == pytest.approx(alpha_s, rel=0.10)
+    assert 0.01 < fit.residual_rel < 0.08
+
+
+def test_alpha_beta_shrugs_off_outliers():
+    rng = np.random.default_rng(7)
+    alpha_s, bw = 15e-6, 150e9
+    t = (alpha_s + SIZES / bw) * rng.lognormal(0.0, 0.02, size=SIZES.size)
+    t[-2] *= 3.0  # one big message hit a slow moment
+    t[1] *= 4.0
+    fit = fit_alpha_beta(SIZES, t)
+    assert fit.bytes_per_s == pytest.approx(bw, rel=0.05)
+    assert fit.alpha_s == pytest.approx(alpha_s, rel=0.15)
+
+
+def test_alpha_beta_prediction_and_bad_input():
+    fit = fit_alpha_beta(SIZES, 10e-6 + SIZES / 100e9)
+    assert fit.predict_s(1e9) == pytest.approx(10e-6 + 1e9 / 100e9, rel=1e-3)
+    assert fit.residual_rel < 1e-3
+    with pytest.raises(ValueError, match="three or more"):
+        fit_alpha_beta([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="positive"):
+        fit_alpha_beta([1, 2, 3], [1, 0, 2])
+
+
+def test_loglog_interp_is_exact_on_power_laws():
+    x = np.array([1.0, 10.0, 100.0, 1000.0])
+    y = 3.0 * x**1.5
+    assert loglog_interp(x, y, np.array([31.6]))[0] == pytest.approx(3.0 * 31.6**1.5, rel=1e-9)
+
+
+def test_curve_quality_of_a_smooth_and_a_broken_curve():
+    m = np.geomspace(1, 16384, 15)
+    smooth = 5e-6 + m * 1e-8  # latency floor then linear: log-log smooth
+    q = curve_quality(m, smooth)
+    assert q.points == 15 and q.loo_rel_max < 0.3 and q.non_monotone_rel == 0.0
+    broken = smooth.copy()
+    broken[7] *= 0.5
+    q2 = curve_quality(m, broken)
+    assert 0.4 < q2.non_monotone_rel < 0.5
+    assert q2.loo_rel_max > 0.5
+
+
+def test_nonneg_least_squares_recovers_overheads():
+    rng = np.random.default_rng(3)
+    layers = rng.choice([2, 4, 32, 80], size=200)
+    design = np.column_stack([np.ones(200), layers])
+    target = 40e-6 + 8e-6 * layers + rng.normal(0, 1e-6, 200)
+    coef, rms = fit_linear_nonneg(design, target)
+    assert coef == pytest.approx([40e-6, 8e-6], rel=0.05)
+    assert rms < 2e-6

@@ -1,0 +1,202 @@
+"""``twinfer calibrate``: run the sweeps on the visible device and write a profile.
+
+Order of work: compute groups in priority order (the first preset's shapes first, so
+that a time-boxed run has what the validation model needs), then the collectives job
+under mpirun across the visible GPUs (two gloo ranks on CPU). Every finished group is
+in the partial file (``store``); a rerun after an interruption skips those groups.
+When all is done the profile is built (``profile_build``), validated against the
+twin's schema, written atomically, and the partial file removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from twinfer.calibration.plan import ELEMENTWISE, OPS, SweepPlan, plan_for
+from twinfer.calibration.store import PartialStore, partial_path
+from twinfer.spec import SpecError
+
+COMM_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """What ``twinfer calibrate`` was asked to do."""
+
+    out: Path
+    device: str = "auto"  # "cuda", "cpu" or "auto" (cuda when visible)
+    quick: bool = False
+    ops: tuple[str, ...] = OPS
+    name: str = ""  # profile name; default from the device (h100-sxm, cpu, ...)
+    time_budget_s: float = 0.0  # 0: no limit on the compute sweeps
+    comm_ranks: int = 0  # 0: every visible GPU, 2 on CPU
+    progress: bool = True
+    extra_notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cuda", "cpu"):
+        raise SpecError("--device", f"unknown device {device!r}", "use cuda, cpu or auto")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpecError("--device", "cuda was asked for but no GPU is visible",
+                        "run on a GPU machine or pass --device cpu")
+    return device
+
+
+def check_ops(ops: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        raise SpecError("--ops", f"unknown op {unknown[0]!r}", f"use some of {', '.join(OPS)}")
+    return ops
+
+
+def compute_groups(plan: SweepPlan, ops: tuple[str, ...]) -> Iterator[tuple[str, Callable]]:
+    """(key, measure(bench) -> group) for every compute group, most needed first."""
+    from twinfer.calibration import sweep_compute as sc
+
+    yield "peaks", lambda b: {"kind": "peaks", "samples": sc.peaks_group(b)}
+    if "elementwise" in ops:
+        for op in ELEMENTWISE:
+            yield f"elementwise/{op}", lambda b, op=op: {
+                "kind": "elementwise", "samples": sc.elementwise_group(b, op)}
+    if "gemm" in ops:
+        for s in plan.gemm_shapes:
+            yield f"gemm/{s.n}x{s.k}", lambda b, s=s: {"kind": "gemm",
+                                                       "samples": sc.gemm_group(b, s)}
+    for h in plan.heads:
+        name = f"{h.q_heads}x{h.kv_heads}x{h.head_dim}"
+        if "decode_attention" in ops:
+            yield f"decode_attention/{name}", lambda b, h=h: {
+                "kind": "decode_attention", "samples": sc.decode_group(b, h)}
+        if "prefill_attention" in ops:
+            yield f"prefill_attention/{name}", lambda b, h=h: {
+                "kind": "prefill_attention", "samples": sc.prefill_group(b, h)}
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[group]}"),
+                    console=Console(stderr=True), disable=not enabled, transient=False)
+
+
+def run_compute(plan: SweepPlan, store: PartialStore, opts: CalibrateOptions) -> list[str]:
+    """Measure every compute group not yet in ``store``; returns the keys skipped for time."""
+    import torch
+
+    from twinfer.calibration.sweep_compute import Bench
+    from twinfer.calibration.timing import TimingConfig
+
+    if plan.device == "cpu":
+        # One thread, as each executor rank runs on CPU: a second thread on a busy core
+        # turns every parallel region into a scheduler-tick lottery (4-8 ms stalls).
+        torch.set_num_threads(1)
+    groups = list(compute_groups(plan, opts.ops))
+    todo = [(k, fn) for k, fn in groups if not store.done(k)]
+    if not todo:
+        return []
+    bench = Bench(plan, TimingConfig.quick() if opts.quick else TimingConfig())
+    start, skipped = time.monotonic(), []
+    with _progress(opts.progress) as bar:
+        task = bar.add_task("compute", total=len(groups), completed=len(groups) - len(todo),
+                            group="")
+        for key, measure in todo:
+            if opts.time_budget_s and time.monotonic() - start > opts.time_budget_s:
+                skipped.append(key)
+                continue
+            bar.update(task, group=key)
+            store.add(key, measure(bench))
+            bar.advance(task)
+    return skipped
+
+
+def mpirun_argv(ranks: int, args: list[str]) -> list[str]:
+    """``mpirun -np ranks python args...`` the way the executor launches (root allowed)."""
+    launcher = shutil.which("mpirun") or shutil.which("mpiexec")
+    if launcher is None:
+        raise SpecError("collectives", "mpirun is not on PATH",
+                        "install Open MPI (the 'mpi' extra) or leave collectives out of --ops")
+    argv = [launcher, "-np", str(ranks)]
+    if os.geteuid() == 0:
+        argv.insert(1, "--allow-run-as-root")
+    argv[1:1] = ["--oversubscribe"]
+    return argv + [sys.executable, *args]
+
+
+def comm_ranks(device: str, requested: int) -> int:
+    import torch
+
+    if requested:
+        return requested
+    return torch.cuda.device_count() if device == "cuda" else 2
+
+
+def run_collectives(plan: SweepPlan, store: PartialStore, opts: CalibrateOptions) -> str:
+    """Run the collectives job under mpirun; returns the link kind measured, or ''."""
+    from twinfer.calibration.device import link_kind
+    from twinfer.calibration.sweep_comm import CommJob
+
+    ranks = comm_ranks(plan.device, opts.comm_ranks)
+    if ranks < 2:
+        return ""
+    link = link_kind(plan.device, ranks)
+    with tempfile.TemporaryDirectory() as tmp:
+        job_path = Path(tmp) / "job.json"
+        CommJob(str(store.path), store.fingerprint, plan.comm_bytes, list(plan.comm_ops),
+                plan.device, link, opts.quick).write(job_path)
+        argv = mpirun_argv(ranks, ["-m", "twinfer.calibration.sweep_comm", str(job_path)])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+        if plan.device == "cpu":
+            env["OMP_NUM_THREADS"] = "1"
+        if opts.progress:
+            Console(stderr=True).print(f"collectives: {ranks} ranks over {link} "
+                                       f"({len(plan.comm_ops)} ops x {len(plan.comm_bytes)} sizes)")
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True,
+                              timeout=COMM_TIMEOUT_S)
+    store.reload()
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise SpecError("collectives", f"the mpirun job failed (exit {proc.returncode}): {tail}",
+                        "fix the MPI/torch.distributed setup or leave collectives out of --ops")
+    return link
+
+
+def calibrate(opts: CalibrateOptions) -> dict:
+    """Run the sweeps (resuming a partial run) and write the profile; returns it."""
+    from twinfer.calibration.device import default_name, device_info
+    from twinfer.calibration.profile_build import build_profile, write_profile
+
+    device = resolve_device(opts.device)
+    check_ops(opts.ops)
+    plan = plan_for(device, opts.quick)
+    store = PartialStore(partial_path(opts.out), plan.fingerprint())
+    if store.resumed and opts.progress:
+        Console(stderr=True).print(f"resuming: {store.resumed} groups already measured "
+                                   f"in {store.path}")
+    skipped = run_compute(plan, store, opts)
+    notes = list(opts.extra_notes)
+    if skipped:
+        notes.append(f"time budget reached: {len(skipped)} compute groups not measured "
+                     f"({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})")
+    if "collectives" in opts.ops:
+        run_collectives(plan, store, opts)
+    name = opts.name or default_name(device)
+    profile = build_profile(store.groups, device_info(device), plan, name, notes)
+    write_profile(profile, opts.out)
+    store.remove()
+    return profile

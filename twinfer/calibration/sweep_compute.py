@@ -1,0 +1,197 @@
+"""Compute microbenchmarks on one device: GEMM, decode and prefill attention, element-wise.
+
+Each function measures one *group* (one GEMM shape over m, one head configuration over
+batch x context, ...) and returns its samples as plain dicts for the profile. The ops
+are the ones the executor runs: ``F.linear`` against an [n, k] weight, the project's
+paged split-KV decode (``twinfer.kernels.paged_flash_decode``), its causal varlen
+prefill (``prefill_attention``) and its fused norm/RoPE kernels, all with
+``backend="auto"`` (Triton on CUDA, the torch reference on CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from twinfer.calibration.plan import SweepPlan
+from twinfer.calibration.shapes import GemmShape, HeadShape
+from twinfer.calibration.timing import TimingConfig, cache_bytes, measure, rotations
+from twinfer.kernels.decode import paged_flash_decode
+from twinfer.kernels.norm_rope import add_rmsnorm, apply_rope, rmsnorm, rope_cos_sin
+from twinfer.kernels.prefill import prefill_attention
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MEMORY_SHARE = 0.4  # skip a point whose tensors need more than this share of free memory
+HIDDEN = 4096  # row width of the element-wise sweeps
+
+
+class Bench:
+    """The device, dtype and timing settings every sweep of one run shares."""
+
+    def __init__(self, plan: SweepPlan, timing: TimingConfig) -> None:
+        self.plan = plan
+        self.timing = timing
+        self.device = torch.device(plan.device)
+        self.dtype = TORCH_DTYPES[plan.dtype]
+        self.elem_bytes = torch.finfo(self.dtype).bits // 8
+        self.cache_bytes = cache_bytes(self.device)
+
+    def fits(self, nbytes: int) -> bool:
+        if self.device.type != "cuda":
+            return nbytes < 4 << 30
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return nbytes < MEMORY_SHARE * free
+
+    def copies(self, make: Callable[[], tuple], working_set_bytes: int) -> list[tuple]:
+        """Enough independent input sets that successive reps miss the cache."""
+        return [make() for _ in range(rotations(working_set_bytes, self.cache_bytes))]
+
+    def time(self, inputs: list[tuple], op: Callable[..., object]) -> float:
+        def run(i: int) -> object:
+            return op(*inputs[i % len(inputs)])
+
+        with torch.inference_mode():
+            return measure(run, self.device, self.timing)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=self.device, dtype=self.dtype)
+
+
+def gemm_group(bench: Bench, shape: GemmShape) -> list[dict]:
+    """``y = x @ W.T`` for x [m, k], W [n, k], every m of the plan."""
+    samples = []
+    for m in bench.plan.gemm_m:
+        if 2.0 * m * shape.n * shape.k > bench.plan.max_flops:
+            continue
+        ws = (m * shape.k + shape.n * shape.k) * bench.elem_bytes
+        if not bench.fits(ws + m * shape.n * bench.elem_bytes):
+            continue
+        inputs = bench.copies(lambda m=m: (bench.randn(m, shape.k),
+                                           bench.randn(shape.n, shape.k)), ws)
+        t = bench.time(inputs, F.linear)
+        samples.append({"m": m, "n": shape.n, "k": shape.k, "time_s": t})
+        del inputs
+    return samples
+
+
+def _decode_inputs(bench: Bench, heads: HeadShape, batch: int, context: int) -> tuple:
+    page = bench.plan.page_size
+    pages_per_seq = -(-context // page)
+    num_blocks = batch * pages_per_seq
+    # [num_blocks, page_size, kv_heads, head_dim]; each sequence owns its pages, shuffled
+    # so that the block table is not a trivially contiguous walk.
+    k_pages = bench.randn(num_blocks, page, heads.kv_heads, heads.head_dim)
+    v_pages = bench.randn(num_blocks, page, heads.kv_heads, heads.head_dim)
+    perm = torch.randperm(num_blocks, device=bench.device, dtype=torch.int64)
+    block_table = perm.view(batch, pages_per_seq).to(torch.int32)
+    seq_lens = torch.full((batch,), context, device=bench.device, dtype=torch.int32)
+    q = bench.randn(batch, heads.q_heads, heads.head_dim)  # [batch, q_heads, head_dim]
+    return q, k_pages, v_pages, block_table, seq_lens
+
+
+def decode_group(bench: Bench, heads: HeadShape) -> list[dict]:
+    """One new token per sequence attending over ``context`` cached tokens (paged KV)."""
+    def kv_bytes_of(batch: int, context: int) -> int:
+        return 2 * batch * context * heads.kv_heads * heads.head_dim * bench.elem_bytes
+
+    # The cost model interpolates a full (batch x context) grid: drop the longest
+    # contexts whose largest batch does not fit rather than leave holes.
+    top = max(bench.plan.decode_batches)
+    contexts = [c for c in bench.plan.decode_contexts if bench.fits(1.2 * kv_bytes_of(top, c))]
+    samples = []
+    for batch in bench.plan.decode_batches:
+        for context in contexts:
+            kv_bytes = kv_bytes_of(batch, context)
+            inputs = bench.copies(lambda b=batch, c=context: _decode_inputs(bench, heads, b, c),
+                                  kv_bytes)
+            t = bench.time(inputs, paged_flash_decode)
+            samples.append({"batch": batch, "context": context, "q_heads": heads.q_heads,
+                            "kv_heads": heads.kv_heads, "head_dim": heads.head_dim,
+                            "time_s": t})
+            del inputs
+    return samples
+
+
+def prefill_group(bench: Bench, heads: HeadShape) -> list[dict]:
+    """Causal attention of one packed prompt of ``tokens`` tokens."""
+    samples = []
+    for tokens in bench.plan.prefill_tokens:
+        qkv_bytes = tokens * (heads.q_heads * 2 + heads.kv_heads * 2) * heads.head_dim
+        if not bench.fits(qkv_bytes * bench.elem_bytes * 2):
+            continue
+
+        def make(n: int = tokens) -> tuple:
+            cu = torch.tensor([0, n], device=bench.device, dtype=torch.int32)
+            return (bench.randn(n, heads.q_heads, heads.head_dim),
+                    bench.randn(n, heads.kv_heads, heads.head_dim),
+                    bench.randn(n, heads.kv_heads, heads.head_dim), cu, n)
+
+        def op(q, k, v, cu, n):
+            return prefill_attention(q, k, v, cu, max_seqlen=n)
+
+        inputs = bench.copies(make, qkv_bytes * bench.elem_bytes)
+        t = bench.time(inputs, op)
+        samples.append({"tokens": tokens, "q_heads": heads.q_heads, "kv_heads": heads.kv_heads,
+                        "head_dim": heads.head_dim, "time_s": t})
+        del inputs
+    return samples
+
+
+def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def _elementwise_case(bench: Bench, op: str, rows: int) -> tuple[Callable, Callable, int]:
+    """(make inputs, op, bytes read + written) for ``rows`` rows of one op."""
+    row = HIDDEN * bench.elem_bytes
+    weight = torch.ones(HIDDEN, device=bench.device, dtype=bench.dtype)
+    if op == "rmsnorm":
+        return (lambda: (bench.randn(rows, HIDDEN),),
+                lambda x: rmsnorm(x, weight), 2 * rows * row)
+    if op == "add_rmsnorm":
+        return (lambda: (bench.randn(rows, HIDDEN), bench.randn(rows, HIDDEN)),
+                lambda x, r: add_rmsnorm(x, r, weight), 4 * rows * row)
+    if op == "copy":
+        return (lambda: (bench.randn(rows, HIDDEN), bench.randn(rows, HIDDEN)),
+                lambda dst, src: dst.copy_(src), 2 * rows * row)
+    if op == "silu_mul":
+        return (lambda: (bench.randn(rows, 2 * HIDDEN),), _silu_mul, 3 * rows * row)
+    # rope: q [rows, 32, 128] and k [rows, 8, 128] rotated (a Llama-3-8B layer's shape)
+    table = rope_cos_sin(8192, 128, device=bench.device)
+    pos = torch.arange(rows, device=bench.device) % 8192
+    tokens = max(1, rows * HIDDEN // (40 * 128))
+    return (lambda: (bench.randn(tokens, 32, 128), bench.randn(tokens, 8, 128)),
+            lambda q, k: apply_rope(q, k, pos[:tokens], table),
+            2 * tokens * 40 * 128 * bench.elem_bytes)
+
+
+def elementwise_group(bench: Bench, op: str) -> list[dict]:
+    """One element-wise op over the plan's byte sizes (bytes = read + written)."""
+    samples = []
+    for target in bench.plan.elementwise_bytes:
+        factor = {"copy": 2, "rmsnorm": 2, "add_rmsnorm": 4, "silu_mul": 3, "rope": 2}[op]
+        rows = max(1, target // (factor * HIDDEN * bench.elem_bytes))
+        make, fn, nbytes = _elementwise_case(bench, op, rows)
+        if not bench.fits(2 * nbytes):
+            continue
+        inputs = bench.copies(make, nbytes)
+        t = bench.time(inputs, fn)
+        samples.append({"op": op, "bytes": int(nbytes), "time_s": t})
+        del inputs
+    return samples
+
+
+def peaks_group(bench: Bench) -> list[dict]:
+    """A large copy and a large square GEMM: the device's best throughputs (the peaks
+    every profile carries, whatever ``--ops`` left out)."""
+    gpu = bench.device.type == "cuda"
+    copy_bytes, side = (1 << 30, 8192) if gpu else (1 << 26, 1024)
+    rows = copy_bytes // (2 * HIDDEN * bench.elem_bytes)
+    make, fn, nbytes = _elementwise_case(bench, "copy", rows)
+    copy_s = bench.time([make()], fn)
+    gemm_s = bench.time([(bench.randn(side, side), bench.randn(side, side))], F.linear)
+    return [{"op": "copy", "bytes": int(nbytes), "time_s": copy_s},
+            {"m": side, "n": side, "k": side, "time_s": gemm_s}]
