@@ -1,0 +1,79 @@
+"""Kernel tests: Triton's interpreter on CPU-only machines, the real GPU otherwise.
+
+The interpreter must be switched on before any kernel is decorated, hence at import
+time here (twinfer.kernels.backend also rewraps kernels imported earlier).
+"""
+
+import os
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run on the device machine)")
+    config.addinivalue_line("markers", "multigpu: needs two or more CUDA GPUs")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_multi = pytest.mark.skip(reason="needs two or more CUDA GPUs")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "multigpu" in item.keywords and torch.cuda.device_count() < 2:
+            item.add_marker(skip_multi)
+
+
+@pytest.fixture
+def device():
+    """Where the CPU-sized tests run: the GPU if there is one, else the interpreter."""
+    return torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.fixture
+def gen(request):
+    """A generator seeded from the test's id: fresh data per case, reproducible."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Make torch.empty / empty_like return NaN-filled float tensors while the test
+    runs, so an output element a kernel forgets to write shows up as NaN."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def _fill(t):
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: _fill(real_empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: _fill(real_empty_like(*a, **kw)))
+
+
+def error_vs_ref(kernel, torch_lowp, ref64, atol=1e-5, factor=2.0):
+    """flash-attention's criterion: the kernel's max error against the float64
+    reference is at most ``factor`` times torch's own error in the same low precision
+    (plus ``atol``). Infinite reference entries must match exactly."""
+    finite = torch.isfinite(ref64)
+    assert torch.equal(torch.isfinite(kernel), finite), "non-finite entries differ"
+    assert torch.equal(kernel[~finite].double(), ref64[~finite]), "infinities differ"
+    err_kernel = (kernel.double() - ref64)[finite].abs().max().item() if finite.any() else 0.0
+    err_torch = (torch_lowp.double() - ref64)[finite].abs().max().item() if finite.any() else 0.0
+    assert err_kernel <= factor * err_torch + atol, (
+        f"kernel error {err_kernel:.3g} > {factor} x torch error {err_torch:.3g} + {atol}"
+    )
+    return err_kernel, err_torch
+
+
+@pytest.fixture
+def close_to_ref():
+    return error_vs_ref

@@ -1,0 +1,74 @@
+"""Backend choice shared by every public op in `twinfer.kernels`.
+
+Each op takes ``backend="auto" | "triton" | "torch"``:
+
+- ``"triton"`` runs the Triton kernel (on CUDA tensors, or anywhere under Triton's
+  interpreter, ``TRITON_INTERPRET=1``);
+- ``"torch"`` runs the vectorized torch reference that lives next to the kernel;
+- ``"auto"`` picks Triton for CUDA tensors and the torch reference for CPU tensors,
+  unless ``TRITON_INTERPRET=1`` is set, in which case CPU tensors go through the
+  interpreter too (that is how the CPU tests exercise the kernels).
+
+Triton decides at decoration time whether a ``@triton.jit`` function is compiled or
+interpreted. So that the import order of modules does not matter (a test suite may
+import these kernels before it sets ``TRITON_INTERPRET``), `launchable` rewraps a
+compiled kernel for the interpreter when interpretation is asked for at call time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "triton", "torch"]
+BACKENDS = ("auto", "triton", "torch")
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(backend: Backend, tensor: torch.Tensor) -> bool:
+    """Resolve ``backend`` for an op whose main input is ``tensor``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        if not (tensor.is_cuda or interpreting()):
+            raise ValueError(
+                "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors"
+            )
+        return True
+    return tensor.is_cuda or interpreting()
+
+
+@functools.cache
+def _interpreted(fn):
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return InterpretedFunction(fn)
+
+
+def launchable(kernel):
+    """The kernel itself, or an interpreted twin of it when interpretation is on."""
+    if interpreting() and hasattr(kernel, "fn") and type(kernel).__name__ == "JITFunction":
+        return _interpreted(kernel.fn)
+    return kernel
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``; a notional 8 for CPU (interpreter) runs."""
+    if device.type != "cuda":
+        return 8
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _sm_count(index)
