@@ -22,7 +22,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from twinfer.calibration import PROFILES_DIR
 from twinfer.calibration.plan import ELEMENTWISE, OPS, SweepPlan, plan_for
 from twinfer.calibration.store import PartialStore, partial_path
 from twinfer.spec import SpecError
@@ -34,7 +36,7 @@ COMM_TIMEOUT_S = 900
 class CalibrateOptions:
     """What ``twinfer calibrate`` was asked to do."""
 
-    out: Path
+    out: Path | None = None  # None: twinfer/calibration/profiles/<name>.json
     device: str = "auto"  # "cuda", "cpu" or "auto" (cuda when visible)
     quick: bool = False
     ops: tuple[str, ...] = OPS
@@ -176,15 +178,23 @@ def run_collectives(plan: SweepPlan, store: PartialStore, opts: CalibrateOptions
     return link
 
 
-def calibrate(opts: CalibrateOptions) -> dict:
-    """Run the sweeps (resuming a partial run) and write the profile; returns it."""
+def calibrate(opts: CalibrateOptions) -> tuple[dict, Path]:
+    """Run the sweeps (resuming a partial run) and write the profile; returns it and
+    where it went."""
     from twinfer.calibration.device import default_name, device_info
-    from twinfer.calibration.profile_build import build_profile, write_profile
+    from twinfer.calibration.profile_build import (
+        build_profile,
+        carry_over,
+        read_profile_dict,
+        write_profile,
+    )
 
     device = resolve_device(opts.device)
     check_ops(opts.ops)
     plan = plan_for(device, opts.quick)
-    store = PartialStore(partial_path(opts.out), plan.fingerprint())
+    name = opts.name or default_name(device)
+    out = opts.out or PROFILES_DIR / f"{name}.json"
+    store = PartialStore(partial_path(out), plan.fingerprint())
     if store.resumed and opts.progress:
         Console(stderr=True).print(f"resuming: {store.resumed} groups already measured "
                                    f"in {store.path}")
@@ -195,8 +205,39 @@ def calibrate(opts: CalibrateOptions) -> dict:
                      f"({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})")
     if "collectives" in opts.ops:
         run_collectives(plan, store, opts)
-    name = opts.name or default_name(device)
     profile = build_profile(store.groups, device_info(device), plan, name, notes)
-    write_profile(profile, opts.out)
+    if out.exists():
+        carry_over(profile, read_profile_dict(out))
+    write_profile(profile, out)
     store.remove()
-    return profile
+    return profile, out
+
+
+def calibrate_and_summarize(opts: CalibrateOptions) -> Table:
+    """Run ``calibrate`` and describe the profile it wrote (the CLI prints this)."""
+    profile, out = calibrate(opts)
+    return profile_table(profile, f"wrote {out}")
+
+
+def profile_table(profile: dict, title: str) -> Table:
+    """What a profile holds: sample counts per op, peaks, and the collective fits."""
+    table = Table(title=f"{profile['name']} ({profile['source']}): {title}")
+    for col in ("section", "what", "value"):
+        table.add_column(col)
+    peaks = profile["peaks"]
+    table.add_row("peaks", "copy (read+write)", f"{peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+    for dtype, flops in peaks["matmul_flops_per_s"].items():
+        table.add_row("peaks", f"matmul {dtype}", f"{flops / 1e12:.2f} TFLOP/s")
+    for kind, section in profile["ops"].items():
+        table.add_row("ops", kind, f"{len(section['samples'])} samples")
+    for link, ops in profile["collectives"].items():
+        for op, by_ranks in ops.items():
+            for ranks, fit in by_ranks.items():
+                table.add_row(f"{link} x{ranks}", op,
+                              f"alpha {fit['alpha_s'] * 1e6:.1f} us, "
+                              f"{fit['bytes_per_s'] / 1e9:.2f} GB/s, "
+                              f"rms rel. error {fit['residual_rel']:.1%}")
+    over = profile["overheads"]
+    table.add_row("overheads", "step / per layer",
+                  f"{over['step_s'] * 1e6:.1f} us / {over['per_layer_s'] * 1e6:.2f} us")
+    return table

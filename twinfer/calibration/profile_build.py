@@ -62,6 +62,22 @@ def _quality_note(kind: str, samples: list[dict]) -> str:
             f"non-monotone drop {drop:.1%}")
 
 
+def elementwise_curve(samples: list[dict]) -> list[dict]:
+    """One bytes -> time curve from the per-op samples: at each swept size, the median
+    bytes and median time over the ops (the cost model has one element-wise curve, and a
+    running maximum over mixed ops would make it the slowest op's)."""
+    by_op: dict[str, list[dict]] = defaultdict(list)
+    for s in samples:
+        by_op[s.get("op", "")].append(s)
+    rows = min(len(v) for v in by_op.values())
+    curve = []
+    for i in range(rows):
+        at = [sorted(v, key=lambda s: s["bytes"])[i] for v in by_op.values()]
+        curve.append({"bytes": int(np.median([s["bytes"] for s in at])),
+                      "time_s": float(np.median([s["time_s"] for s in at]))})
+    return curve
+
+
 def _collectives(groups: list[dict]) -> dict:
     out: dict = {}
     for g in groups:
@@ -97,12 +113,12 @@ def build_profile(groups: dict[str, dict], info: dict, plan: SweepPlan, name: st
     peaks = _peaks(samples, plan.dtype)
     notes = [*notes, f"twinfer calibrate on {info.get('name')}: presets "
              f"{', '.join(plan.presets)}, {plan.dtype}; collective bytes = tensor per "
-             "rank (docs/PROFILE.md); send_recv = half a ping-pong; element-wise ops "
-             f"{', '.join(ELEMENTWISE)} share one bytes curve"]
+             "rank (docs/PROFILE.md); send_recv = half a ping-pong; the element-wise curve "
+             f"is the median over {', '.join(ELEMENTWISE)} at each swept size"]
     notes += [n for kind in OPS[:4] if (n := _quality_note(kind, samples[kind]))]
-    ops: dict = {kind: {"samples": [{k: v for k, v in s.items() if k != "op"}
-                                    for s in samples[kind]]}
-                 for kind in OPS[:4] if samples[kind]}
+    ops: dict = {kind: {"samples": samples[kind]} for kind in OPS[:3] if samples[kind]}
+    if samples["elementwise"]:
+        ops["elementwise"] = {"samples": elementwise_curve(samples["elementwise"])}
     if "gemm" in ops:
         ops["gemm"]["dtype"] = plan.dtype
     return {
@@ -115,6 +131,30 @@ def build_profile(groups: dict[str, dict], info: dict, plan: SweepPlan, name: st
         "memory": {"workspace_bytes": 0, "activation_bytes_per_token": 0},
         "notes": notes,
     }
+
+
+def carry_over(profile: dict, previous: dict) -> None:
+    """Keep what this run could not measure from the profile it replaces: collectives
+    of link kinds or group sizes absent now (one GPU measures none) and the overheads
+    fitted from an executor timeline. Each carried item is named in ``notes``."""
+    carried = []
+    for link, ops in previous.get("collectives", {}).items():
+        for op, by_ranks in ops.items():
+            for ranks, fit in by_ranks.items():
+                here = profile["collectives"].setdefault(link, {}).setdefault(op, {})
+                if ranks not in here:
+                    here[ranks] = fit
+                    carried.append(f"{link}/{op}/{ranks}")
+    for link in [k for k, v in profile["collectives"].items() if not v]:
+        del profile["collectives"][link]
+    if carried:
+        profile["notes"].append(f"collectives carried over from the previous {previous['name']} "
+                                f"profile ({previous['source']}): {', '.join(carried)}")
+    over = previous.get("overheads", {})
+    if over.get("step_s") or over.get("per_layer_s"):
+        profile["overheads"] = dict(over)
+        profile["notes"].append("overheads carried over from the previous profile: refit them "
+                                "with `twinfer calibrate --from-exec RESULTS.json`")
 
 
 def validate_profile(profile: dict, where: str = "profile") -> object:
