@@ -1,0 +1,79 @@
+"""The MPI control plane: step plans from a pipeline's driver, agreement, barriers.
+
+Tensors travel over torch.distributed; everything else travels here, over MPI: the
+driver (the last stage's leader) pickles each `Plan` once and posts a non-blocking
+send to every other rank of its pipeline, which receive plans in order. Sends never
+wait for the receiver, so the driver can keep ``micro_batches`` plans in flight.
+
+Receivers poll (``Iprobe``) rather than block in ``Recv``: on a GPU they spin (a plan's
+latency is on the critical path of every decode step); on CPU they sleep between polls
+so that oversubscribed ranks (tests run 4 ranks on 2 cores) leave the cores to the
+ranks that compute.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import torch
+from mpi4py import MPI
+
+from twinfer.exec.groups import Groups
+
+PLAN_TAG = 7
+CPU_POLL_S = 2e-4
+
+
+class ControlPlane:
+    """MPI messaging of one active rank. ``active`` spans every rank of the placement."""
+
+    def __init__(self, world: MPI.Comm, active: MPI.Comm, groups: Groups,
+                 device: torch.device) -> None:
+        self.world, self.active, self.groups, self.device = world, active, groups, device
+        self.rank = groups.rank
+        self.driver = groups.driver
+        self.followers = [r for r in groups.pipeline.gpus if r != groups.driver]
+        self.poll_s = 0.0 if device.type == "cuda" else CPU_POLL_S
+        self._sends: list[tuple[MPI.Request, bytes]] = []
+
+    @property
+    def is_driver(self) -> bool:
+        return self.rank == self.driver
+
+    def send_plan(self, plan: object) -> None:
+        """Driver: post ``plan`` (None: stop) to every other rank of the pipeline."""
+        data = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
+        for r in self.followers:
+            self._sends.append((self.world.Isend([data, MPI.BYTE], dest=r, tag=PLAN_TAG), data))
+        # forget sends that completed; keep the bytes of the others alive
+        self._sends = [(req, d) for req, d in self._sends if not req.Test()]
+
+    def recv_plan(self) -> object:
+        """Follower: the next plan from the driver, in order (None: stop)."""
+        status = MPI.Status()
+        while not self.world.Iprobe(source=self.driver, tag=PLAN_TAG, status=status):
+            if self.poll_s:
+                time.sleep(self.poll_s)
+        buf = bytearray(status.Get_count(MPI.BYTE))
+        self.world.Recv([buf, MPI.BYTE], source=self.driver, tag=PLAN_TAG)
+        return pickle.loads(buf)
+
+    def flush(self) -> None:
+        MPI.Request.Waitall([req for req, _ in self._sends])
+        self._sends = []
+
+    def barrier(self) -> None:
+        poll_barrier(self.active, self.poll_s)
+
+    def agree_min(self, value: int) -> int:
+        """The smallest ``value`` over every active rank."""
+        return int(self.active.allreduce(int(value), op=MPI.MIN))
+
+
+def poll_barrier(comm: MPI.Comm, poll_s: float) -> None:
+    """A barrier that sleeps between polls instead of spinning (see module doc)."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        if poll_s:
+            time.sleep(poll_s)

@@ -1,0 +1,251 @@
+"""The generation engine of one rank: build the stage, size the cache, serve requests.
+
+`Engine.build` loads this rank's part of the model (seeded random or a checkpoint),
+measures the workspace of the largest prefill step and sizes the paged KV cache from
+what is left (the same page count on every rank). `Engine.serve` runs one workload:
+the pipeline's driver (its last stage's leader) schedules and samples, every other rank
+follows the plans it is sent (`twinfer.exec.control`). The engine can serve several
+workloads in a row (the benchmark does), with the same weights and cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from math import ceil
+
+import numpy as np
+import torch
+
+from twinfer.exec.control import ControlPlane
+from twinfer.exec.graphs import DecodeGraphs, buckets_up_to
+from twinfer.exec.groups import Groups
+from twinfer.exec.kv_cache import (
+    CPU_BUDGET_BYTES,
+    BlockAllocator,
+    CacheShape,
+    KVCache,
+    blocks_for_budget,
+    gpu_budget_bytes,
+)
+from twinfer.exec.model import TORCH_DTYPES, Transformer
+from twinfer.exec.runner import StageRunner
+from twinfer.exec.scheduler import BatchingConfig, Scheduler, Sequence
+from twinfer.exec.timing import StepTimer
+from twinfer.exec.tp import TPComm, part_for, shard_state
+from twinfer.exec.weights import CheckpointWeights, SeededWeights
+from twinfer.spec import ModelSpec, SchedulerSpec, SpecError
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to build the engine (everything a scenario does not say)."""
+
+    checkpoint: str | None = None  # HF safetensors directory; None: seeded random
+    seed: int = 0
+    cuda_graphs: bool = True  # decode steps on GPU replay captured graphs
+    cpu_kv_budget_bytes: int = CPU_BUDGET_BYTES
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How to serve one workload."""
+
+    temperature: float = 0.0  # 0: greedy
+    seed: int = 0
+    wall_clock_arrivals: bool = True  # False: every request arrives at t=0
+    on_token: Callable[[int, int], None] | None = None  # (rid, token), on the driver
+    keep_logits: bool = False  # tests: keep every step's logits on the driver
+
+
+@dataclass
+class ServeReport:
+    """What one rank saw of one workload (the driver's lists are the non-empty ones)."""
+
+    rank: int
+    timings: list[dict]
+    steps: list[dict] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)
+    outputs: dict[int, list[int]] = field(default_factory=dict)
+    logits: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    cuda_graphs: bool = False
+    kv_peak_pages: int = 0
+
+
+def sample(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> list[int]:
+    """Greedy (temperature 0) or temperature sampling. logits: fp32 [batch, vocab]."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1).tolist()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1).tolist()
+
+
+class Engine:
+    def __init__(self, runner: StageRunner, control: ControlPlane, sched: SchedulerSpec,
+                 opts: EngineOptions, num_blocks: int) -> None:
+        self.runner, self.control, self.sched = runner, control, sched
+        self.opts, self.num_blocks = opts, num_blocks
+        self.info: dict = {}
+
+    # ---- build ---------------------------------------------------------------------
+    @classmethod
+    def build(cls, spec: ModelSpec, groups: Groups, sched: SchedulerSpec,
+              opts: EngineOptions, control: ControlPlane) -> Engine:
+        device = control.device
+        dtype = TORCH_DTYPES[spec.dtype]
+        timer = StepTimer(device)
+        part = part_for(spec, groups.stage, groups.tp_rank)
+        t0 = time.perf_counter()
+        source = (CheckpointWeights(opts.checkpoint, spec, device, dtype) if opts.checkpoint
+                  else SeededWeights(spec, opts.seed, device, dtype))
+        model = Transformer(spec, part, TPComm(groups.tp, groups.tp_size, timer), device)
+        model.load(shard_state(spec, part, (groups.tp_rank, groups.tp_size), source))
+        model.requires_grad_(False)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        shape = CacheShape(part.layers, sched.kv_block_tokens, part.kv_heads, spec.head_dim,
+                           dtype)
+        runner = StageRunner(model, None, groups, timer, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            runner.probe(min(sched.max_prefill_tokens, spec.max_position))
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device)
+            torch.cuda.empty_cache()
+            budget, left = gpu_budget_bytes(device, sched.gpu_memory_utilization, peak)
+        else:
+            peak, budget, left = weight_bytes, opts.cpu_kv_budget_bytes, 0
+        num_blocks = control.agree_min(blocks_for_budget(shape, budget))
+        if num_blocks < 1:
+            raise SpecError("scheduler.gpu_memory_utilization", "no memory is left for the KV "
+                            f"cache on rank {groups.rank} (weights and workspace take "
+                            f"{peak / 2**30:.1f} GiB)", "raise it, or spread the model "
+                            "over more GPUs")
+        runner.cache = KVCache(shape, num_blocks, device)
+        info = {
+            "weight_bytes": weight_bytes, "load_s": time.perf_counter() - t0,
+            "peak_before_kv_bytes": peak, "left_after_weights_workspace_bytes": left or None,
+            "kv_bytes": runner.cache.nbytes, "kv_bytes_per_page": shape.bytes_per_page,
+            "kv_fraction_of_left": (runner.cache.nbytes / left) if left else None,
+            "layers": [part.layers.start, part.layers.stop],
+            "heads": part.heads, "kv_heads": part.kv_heads, "ffn": part.ffn,
+        }
+        engine = cls(runner, control, sched, opts, num_blocks)
+        engine.info = info
+        return engine
+
+    # ---- serve ---------------------------------------------------------------------
+    def batching(self, seqs: list[Sequence]) -> BatchingConfig:
+        longest = max((len(s.prompt) + s.max_new for s in seqs), default=1)
+        return BatchingConfig(
+            max_running=self.sched.max_running, max_prefill_tokens=self.sched.max_prefill_tokens,
+            page_size=self.sched.kv_block_tokens,
+            micro_batches=self.runner.groups.pipeline.micro_batches,
+            max_blocks=ceil(longest / self.sched.kv_block_tokens))
+
+    @torch.inference_mode()
+    def serve(self, seqs: list[Sequence], opts: ServeOptions) -> ServeReport:
+        """Serve ``seqs`` (the same list on every rank of the pipeline; only the
+        driver's copy is scheduled). Returns this rank's report."""
+        cfg = self.batching(seqs)
+        need = max((ceil((len(s.prompt) + s.max_new) / cfg.page_size) for s in seqs),
+                   default=0)
+        if need > self.num_blocks - max(1, self.num_blocks // 100):
+            raise SpecError("workload", f"a request needs {need} KV pages of "
+                            f"{cfg.page_size} tokens but the cache holds {self.num_blocks}",
+                            "shorten prompts/outputs or give the KV cache more memory")
+        graphed = self._capture(cfg, len(seqs))
+        self.control.barrier()
+        first_record = len(self.runner.timer.flush())
+        if self.control.is_driver:
+            report = self._drive(seqs, cfg, opts)
+        else:
+            report = ServeReport(self.control.rank, [])
+            while (plan := self.control.recv_plan()) is not None:
+                self.runner.step(plan)
+        self.runner.finish()
+        if self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)
+        report.timings = self.runner.timer.flush()[first_record:]
+        report.cuda_graphs = graphed
+        return report
+
+    def _capture(self, cfg: BatchingConfig, num_seqs: int) -> bool:
+        self.runner.graphs = None
+        if self.runner.device.type != "cuda" or not self.opts.cuda_graphs or not num_seqs:
+            self.control.agree_min(0)  # the others may be capturing: same collectives
+            return False
+        graphs = DecodeGraphs(self.runner.model, self.runner.cache, cfg.max_blocks,
+                              buckets_up_to(min(cfg.max_running, num_seqs)),
+                              self.runner.groups.is_first)
+        try:
+            graphs.capture()
+            ok = 1
+        except RuntimeError as exc:
+            self.info["cuda_graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            ok = 0
+        # every rank replays graphs or none does (same collectives either way, but the
+        # report should say one thing)
+        if self.control.agree_min(ok):
+            self.runner.graphs = graphs
+            return True
+        return False
+
+    def _drive(self, seqs: list[Sequence], cfg: BatchingConfig,
+               opts: ServeOptions) -> ServeReport:
+        sched = Scheduler(seqs, cfg, BlockAllocator(self.num_blocks))
+        gen = None
+        if opts.temperature > 0:
+            gen = torch.Generator(device=self.runner.device)
+            gen.manual_seed(opts.seed)
+        report = ServeReport(self.control.rank, [])
+        inflight: deque = deque()
+        t0 = time.perf_counter()
+        while True:
+            now = time.perf_counter() - t0 if opts.wall_clock_arrivals else float("inf")
+            while len(inflight) < cfg.micro_batches:
+                plan = sched.next_plan(now)
+                if plan is None:
+                    break
+                self.control.send_plan(plan)
+                inflight.append((plan, time.perf_counter() - t0, sched.kv_usage()))
+            if not inflight:
+                if sched.done:
+                    break
+                arrival = sched.next_arrival_s()
+                if arrival is None:
+                    raise RuntimeError("scheduler stalled: requests wait but none can start")
+                time.sleep(max(0.0, arrival - (time.perf_counter() - t0)))
+                continue
+            plan, start, (kv_tokens, kv_pages) = inflight.popleft()
+            logits = self.runner.step(plan)
+            tokens = sample(logits, opts.temperature, gen)  # syncs: tokens to the host
+            end = time.perf_counter() - t0
+            if opts.keep_logits:
+                for rid, row in zip(plan.rids, logits.cpu().numpy(), strict=True):
+                    report.logits.setdefault(rid, []).append(row)
+            sched.complete(plan, tokens, end)
+            if opts.on_token is not None:
+                for rid, tok in zip(plan.rids, tokens, strict=True):
+                    opts.on_token(rid, tok)
+            report.steps.append({
+                "step": plan.step, "pipeline": self.runner.groups.pipeline_index,
+                "micro_batch": plan.group, "phase": plan.phase, "batch": plan.batch,
+                "tokens": plan.num_tokens, "context_tokens": plan.context_tokens,
+                "start_s": start, "wall_s": end - start,
+                "kv_pages_used": kv_pages, "kv_tokens": kv_tokens,
+            })
+        self.control.send_plan(None)
+        self.control.flush()
+        report.kv_peak_pages = sched.alloc.peak_used
+        for s in sorted(sched.finished, key=lambda s: s.rid):
+            report.outputs[s.rid] = list(s.out)
+            report.requests.append({
+                "rid": s.rid, "pipeline": self.runner.groups.pipeline_index,
+                "arrival_s": s.arrival_s, "prompt_tokens": len(s.prompt),
+                "output_tokens": len(s.out), "token_s": s.token_s,
+                "preemptions": s.preemptions,
+            })
+        return report

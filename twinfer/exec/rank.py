@@ -1,0 +1,224 @@
+"""The life of one MPI rank: configuration, groups, engine, serve, results, or abort.
+
+Order matters for the fault guarantees (`twinfer.exec.launch`): rank 0 loads and checks
+everything it can (scenario, rank count, checkpoint shapes, prompt) before any rank
+touches a GPU, and broadcasts it; any exception anywhere prints ``rank R failed: ...``
+and aborts the whole job.
+
+`open_session` / `Session.serve` / `Session.collect` are also the benchmark's entry
+points (one engine, several workloads).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from twinfer.exec.launch import ExecArgs, rendezvous_address
+from twinfer.exec.scheduler import Sequence
+from twinfer.spec import Request, Scenario, SpecError, load_scenario, scenario_from_dict
+
+
+@dataclass
+class RunConfig:
+    """What rank 0 decided, broadcast to every rank (plain data)."""
+
+    scenario: dict
+    base_dir: str
+    requests: list[Request]
+    prompt_ids: list[int] | None  # --prompt, tokenized
+
+    def load(self) -> Scenario:
+        return scenario_from_dict(self.scenario, base_dir=self.base_dir or None)
+
+
+def rank_main(args: ExecArgs) -> int:
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    try:
+        session = open_session(args, world)
+        report = session.serve(session.sequences(), session.serve_options())
+        doc = session.collect(report)
+        if doc is not None:
+            from twinfer.exec.report import finish_run
+
+            finish_run(args, session, doc)
+        session.close()
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure must abort the job
+        abort(world, exc)
+        return 1
+
+
+def abort(world, exc: BaseException) -> None:
+    """Print ``rank R failed: ...`` and take the whole job down."""
+    sys.stderr.write(f"rank {world.Get_rank()} failed: {type(exc).__name__}: {exc}\n")
+    if not isinstance(exc, SpecError) and os.environ.get("TWINFER_TRACEBACK"):
+        traceback.print_exc()
+    sys.stderr.flush()
+    sys.stdout.flush()
+    world.Abort(2 if isinstance(exc, SpecError) else 1)
+
+
+def configure(args: ExecArgs, world_size: int, scenario: Scenario | None = None) -> RunConfig:
+    """Rank 0: everything that can be checked before any GPU work."""
+    from twinfer.exec.groups import check_world
+
+    scenario = scenario or load_scenario(args.scenario)
+    check_world(scenario.placement(), world_size)
+    model = scenario.model
+    if args.checkpoint:
+        from twinfer.exec.weights import CheckpointWeights
+
+        CheckpointWeights(args.checkpoint, model, "cpu", None)
+    prompt_ids = None
+    if args.prompt is not None:
+        from twinfer.exec.text import tokenizer_for
+
+        prompt_ids = tokenizer_for(args.tokenizer, model.vocab).encode(args.prompt)
+        requests = [Request(0, 0.0, len(prompt_ids), args.max_new_tokens)]
+    else:
+        requests = scenario.requests()
+    longest = max(r.prompt_tokens + r.output_tokens for r in requests)
+    if longest > model.max_position:
+        raise SpecError("workload", f"a request spans {longest} tokens but the model's "
+                        f"max_position is {model.max_position}", "shorten prompts or outputs")
+    return RunConfig(scenario.to_dict(), scenario.base_dir, requests, prompt_ids)
+
+
+@dataclass
+class Session:
+    """One rank, set up: torch.distributed initialized, engine built (None if idle)."""
+
+    args: ExecArgs
+    world: object  # MPI.Comm
+    config: RunConfig
+    scenario: Scenario
+    device: object  # torch.device
+    groups: object = None  # Groups | None
+    engine: object = None  # Engine | None
+    info: dict = field(default_factory=dict)
+    reports: list = field(default_factory=list)  # rank 0: every rank's last ServeReport
+
+    def sequences(self, requests: list[Request] | None = None) -> list[Sequence]:
+        """This pipeline's share of the requests (rid modulo pipelines), as sequences."""
+        from twinfer.exec.text import sequences
+
+        if self.groups is None:
+            return []
+        if self.config.prompt_ids is not None and requests is None:
+            return [Sequence(0, 0.0, list(self.config.prompt_ids), self.args.max_new_tokens)]
+        pipes = len(self.scenario.placement().pipelines)
+        mine = [r for r in (requests or self.config.requests)
+                if r.rid % pipes == self.groups.pipeline_index]
+        return sequences(mine, self.scenario.model.vocab, self.scenario.workload.seed)
+
+    def serve_options(self):
+        from twinfer.exec.engine import ServeOptions
+        from twinfer.exec.text import tokenizer_for
+
+        args, on_token = self.args, None
+        if (args.stream and self.engine is not None and self.engine.control.is_driver
+                and self.config.prompt_ids is not None):
+            tok = tokenizer_for(args.tokenizer, self.scenario.model.vocab)
+
+            def on_token(rid: int, token: int) -> None:
+                print(tok.stream(token), end="", flush=True)
+
+        return ServeOptions(temperature=args.temperature, seed=args.seed,
+                            wall_clock_arrivals=args.arrivals == "scenario",
+                            on_token=on_token, keep_logits=args.dump_logits is not None)
+
+    def serve(self, seqs: list[Sequence], opts):
+        """Serve on this rank (idle ranks return None at once)."""
+        return self.engine.serve(seqs, opts) if self.engine is not None else None
+
+    def collect(self, report) -> dict | None:
+        """Gather every rank's report on rank 0 and build the results document there."""
+        from twinfer.exec.report import results_document
+
+        gathered = self.world.gather((report, self.info), root=0)
+        if self.world.Get_rank() != 0:
+            return None
+        self.reports = [rep for rep, _ in gathered]
+        return results_document(self, gathered)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Session:
+    """Configure (rank 0, broadcast), pick the device, init torch.distributed, build the
+    groups and this rank's engine; on GPU, run a short warm-up (kernel compilation)."""
+    rank, size = world.Get_rank(), world.Get_size()
+    config = configure(args, size, scenario) if rank == 0 else None
+    config = world.bcast(config, root=0)
+    scenario = config.load()
+
+    import torch
+    import torch.distributed as dist
+    from mpi4py import MPI
+
+    from twinfer.exec.control import ControlPlane
+    from twinfer.exec.engine import Engine, EngineOptions, ServeOptions
+    from twinfer.exec.groups import build_groups
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads:
+        torch.set_num_threads(threads)
+    local_rank = world.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    device = _device(args.device, local_rank)
+    addr, port = rendezvous_address(world)
+    timeout = timedelta(seconds=float(os.environ.get("TWINFER_COLLECTIVE_TIMEOUT_S", "120")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            init_method=f"tcp://{addr}:{port}", rank=rank, world_size=size,
+                            timeout=timeout)
+    groups = build_groups(scenario.placement(), rank)
+    active = world.Split(0 if groups is not None else MPI.UNDEFINED, rank)
+    session = Session(args, world, config, scenario, device, groups,
+                      info={"rank": rank, "pipeline": None, "idle": True})
+    if groups is None:
+        return session
+    control = ControlPlane(world, active, groups, device)
+    opts = EngineOptions(checkpoint=args.checkpoint, seed=args.seed, cuda_graphs=args.cuda_graphs)
+    engine = Engine.build(scenario.model, groups, scenario.scheduler, opts, control)
+    if args.warmup and device.type == "cuda":  # compile kernels outside the timings
+        engine.serve([Sequence(-1, 0.0, [1] * 16, 4)], ServeOptions(wall_clock_arrivals=False))
+    session.engine = engine
+    session.info = {
+        "rank": rank, "pipeline": groups.pipeline_index, "stage": groups.stage_index,
+        "tp_rank": groups.tp_rank, "tp": groups.tp_size, "leader": groups.is_leader,
+        "driver": groups.is_driver, "device": _device_name(device), **engine.info,
+        "num_blocks": engine.num_blocks, "page_size": scenario.scheduler.kv_block_tokens}
+    return session
+
+
+def _device(choice: str, local_rank: int):
+    """The rank's device: its node-local rank modulo the node's visible GPUs."""
+    import torch
+
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SpecError("--device", "cuda was asked for but no GPU is visible",
+                        "use --device cpu")
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def _device_name(device) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"

@@ -1,0 +1,121 @@
+"""Per-step timing of one rank, split into compute, communication and waiting.
+
+A step is one rank's share of one pipeline step (one micro-batch's prefill or decode
+through this rank's stage). Three intervals are timed inside it:
+
+- ``comm_s``: the stage's collectives (TP all-reduces, the logits all-gather) and the
+  send of activations to the next stage;
+- ``wait_s``: receiving activations from the previous stage (includes the previous
+  stage's compute: it is the pipeline bubble seen by this rank, plus the transfer);
+- ``compute_s``: the rest of the step's span.
+
+On CUDA, intervals are CUDA event pairs on the current stream (the time the GPU spent,
+not the time Python took to enqueue); events come from a pool and are read back lazily,
+a few dozen steps later, so timing adds no synchronization. On CPU they are
+``time.perf_counter`` intervals around blocking calls. A step replayed from a CUDA graph
+has no per-collective events: its ``comm_s`` and ``wait_s`` are None and only the span
+is measured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+LAG_STEPS = 32  # read CUDA events back this many steps later (long finished by then)
+
+
+@dataclass
+class _Pending:
+    step: int
+    graphed: bool
+    span: list = field(default_factory=list)  # [start, end]: events or floats
+    comm: list = field(default_factory=list)  # [(start, end), ...]
+    wait: list = field(default_factory=list)
+
+
+class StepTimer:
+    """Collects {step, compute_s, comm_s, wait_s, span_s} records for one rank."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._pool: list[torch.cuda.Event] = []
+        self._open: _Pending | None = None
+        self._pending: deque[_Pending] = deque()
+        self.records: list[dict] = []
+
+    # ---- marks ---------------------------------------------------------------------
+    def _mark(self) -> object:
+        if not self.cuda:
+            return time.perf_counter()
+        ev = self._pool.pop() if self._pool else torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def begin(self, step: int, graphed: bool = False) -> None:
+        self._open = _Pending(step, graphed)
+        self._open.span.append(self._mark())
+
+    def end(self) -> None:
+        pending, self._open = self._open, None
+        if pending is None:
+            return
+        pending.span.append(self._mark())
+        self._pending.append(pending)
+        if not self.cuda or len(self._pending) > LAG_STEPS:
+            self._resolve(1 if self.cuda else len(self._pending))
+
+    @contextmanager
+    def comm(self):
+        """Time a collective or a send (skipped outside a step, e.g. in warm-up)."""
+        with self._interval("comm"):
+            yield
+
+    @contextmanager
+    def wait(self):
+        """Time a blocking receive of the previous stage's activations."""
+        with self._interval("wait"):
+            yield
+
+    @contextmanager
+    def _interval(self, kind: str):
+        step = self._open
+        if step is None or (self.cuda and torch.cuda.is_current_stream_capturing()):
+            yield
+            return
+        start = self._mark()
+        yield
+        getattr(step, kind).append((start, self._mark()))
+
+    # ---- read back -----------------------------------------------------------------
+    def _elapsed(self, pair: tuple) -> float:
+        start, end = pair
+        if not self.cuda:
+            return end - start
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+        self._pool += [start, end]
+        return seconds
+
+    def _resolve(self, count: int) -> None:
+        for _ in range(min(count, len(self._pending))):
+            p = self._pending.popleft()
+            comm = sum(self._elapsed(x) for x in p.comm)
+            wait = sum(self._elapsed(x) for x in p.wait)
+            span = self._elapsed(tuple(p.span))
+            self.records.append({
+                "step": p.step,
+                "span_s": span,
+                "compute_s": span - comm - wait,
+                "comm_s": None if p.graphed else comm,
+                "wait_s": None if p.graphed else wait,
+            })
+
+    def flush(self) -> list[dict]:
+        """Read back every finished step; returns all records so far."""
+        self._resolve(len(self._pending))
+        return self.records
