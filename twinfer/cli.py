@@ -70,6 +70,40 @@ def models() -> None:
     console.print(table)
 
 
+@app.command("exec")
+@user_errors
+def exec_(
+    scenario: str = typer.Argument(..., help="scenario YAML or shipped name"),
+    np: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--np", help="MPI ranks (default: what the layout needs; GPU id g = rank g)"),
+    out: str = typer.Option("results.json", "--out", help="results JSON, written by rank 0"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
+    checkpoint: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--checkpoint", help="HF safetensors directory (default: seeded random weights)"),
+    seed: int = typer.Option(0, "--seed", help="random weights, prompts' sampling"),
+    temperature: float = typer.Option(0.0, "--temperature", help="0: greedy"),
+    prompt: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--prompt", help="serve this one prompt instead of the workload"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="tokens for --prompt"),
+    stream: bool = typer.Option(False, "--stream", help="print tokens as they are generated"),
+    tokenizer: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--tokenizer", help="HF tokenizer directory (default: byte-level)"),
+    arrivals: str = typer.Option("scenario", "--arrivals",
+                                 help="scenario: honor arrival times; batch: all at t=0"),
+    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs",
+                                     help="replay decode steps from CUDA graphs on GPU"),
+) -> None:
+    """Run a scenario's layout for real under MPI (starts mpiexec unless inside one)."""
+    from twinfer.exec.launch import ExecArgs, run
+
+    code = run(ExecArgs(scenario=scenario, np=np, out=out, device=device, checkpoint=checkpoint,
+                        seed=seed, temperature=temperature, prompt=prompt,
+                        max_new_tokens=max_new_tokens, stream=stream, tokenizer=tokenizer,
+                        arrivals=arrivals, cuda_graphs=cuda_graphs))
+    if code:
+        raise typer.Exit(code)
+
+
 def main(argv: Optional[list[str]] = None) -> None:  # noqa: UP045
     """Console-script entry point."""
     app(args=argv if argv is not None else sys.argv[1:], prog_name="twinfer")
