@@ -47,24 +47,18 @@ class Provenance:
         return sorted(self._lines.values())
 
 
-def ring_traffic(op: str, ranks: int) -> tuple[float, int]:
-    """(bytes each rank sends per byte of the op's tensor, latency steps) of NCCL's ring.
+def ring_traffic(op: str, ranks: int) -> float:
+    """Bytes each rank sends per byte of the op's tensor under NCCL's ring algorithm.
 
     The tensor is what torch.distributed sees per rank: all_gather's input shard,
     reduce_scatter's full input, the all-reduced / broadcast / sent tensor.
     """
     r = ranks
-    if op == "all_reduce":
-        return 2.0 * (r - 1) / r, 2 * (r - 1)
-    if op == "all_gather":
-        return float(r - 1), r - 1
-    if op == "reduce_scatter":
-        return (r - 1) / r, r - 1
-    if op == "broadcast":
-        return 1.0, r - 1
-    if op == "send_recv":
-        return 1.0, 1
-    raise ValueError(f"unknown collective {op!r}")
+    factors = {"all_reduce": 2.0 * (r - 1) / r, "all_gather": float(r - 1),
+               "reduce_scatter": (r - 1) / r, "broadcast": 1.0, "send_recv": 1.0}
+    if op not in factors:
+        raise ValueError(f"unknown collective {op!r}")
+    return factors[op]
 
 
 class CostModel:
@@ -283,8 +277,8 @@ class CostModel:
             return hit
         override = self.links.get(link)
         if override is not None:
-            traffic, steps = ring_traffic(op, ranks)
-            t = steps * override.latency_us * 1e-6 + traffic * nbytes / (override.bw_gbps * 1e9)
+            traffic = ring_traffic(op, ranks)
+            t = override.latency_us * 1e-6 + traffic * nbytes / (override.bw_gbps * 1e9)
             self.provenance.note(("link", link), f"{link}: scenario override "
                                  f"{override.bw_gbps:g} GB/s, {override.latency_us:g} us "
                                  "(ring algorithm)")
@@ -299,13 +293,13 @@ class CostModel:
         if fit is not None:
             return self._fitted(fit, nbytes, label)
         src_op, src_ranks, src = self._nearest_collective(op, ranks, link)
-        traffic, steps = ring_traffic(op, ranks)
-        src_traffic, src_steps = ring_traffic(src_op, src_ranks)
         self.provenance.note(("derived", op, ranks, link),
                              f"{label}: not measured, derived from {src_op} ranks={src_ranks} "
-                             "by ring-algorithm traffic factors")
-        bus_bytes_per_s = src.bytes_per_s * src_traffic
-        return src.alpha_s * steps / src_steps + traffic * nbytes / bus_bytes_per_s
+                             "(its latency; bandwidth by ring-algorithm traffic factors)")
+        # NCCL's small-message protocols keep latency nearly flat in group size and op,
+        # so the source's alpha is kept; the bus bandwidth carries over by ring traffic.
+        bus_bytes_per_s = src.bytes_per_s * ring_traffic(src_op, src_ranks)
+        return src.alpha_s + ring_traffic(op, ranks) * nbytes / bus_bytes_per_s
 
     def _fitted(self, fit: CollectiveFit, nbytes: float, label: str) -> float:
         if not fit.samples:

@@ -28,7 +28,10 @@ def pydantic_to_spec_error(exc: Exception, prefix: str = "") -> SpecError:
     errors = exc.errors() if hasattr(exc, "errors") else []
     if not errors:
         return SpecError(prefix, str(exc))
-    err = errors[0]
+    # In a union (a length is a number or a distribution), the member the input was
+    # not meant for reports a type mismatch; the other member's error is the useful one.
+    mismatch = {"int_type", "int_parsing", "model_type", "dict_type", "model_attributes_type"}
+    err = next((e for e in errors if e.get("type") not in mismatch), errors[0])
     loc = [str(p) for p in err.get("loc", ()) if not _is_union_tag(p)]
     field = ".".join(([prefix] if prefix else []) + loc)
     kind = err.get("type", "")
@@ -43,7 +46,13 @@ def pydantic_to_spec_error(exc: Exception, prefix: str = "") -> SpecError:
     return SpecError(field, msg + more)
 
 
+_UNION_TAGS = {"uniform", "hetero", "fa_pool", "kv_sharded",  # layout kinds
+               "batch", "poisson", "trace",  # arrival kinds
+               "lognormal", "int", "constrained-int"}  # length distributions, plain numbers
+
+
 def _is_union_tag(part: object) -> bool:
-    # pydantic puts the discriminator tag ('uniform', 'hetero', ...) in the location
-    # of a tagged-union member; the user never typed it, so leave it out.
-    return part in {"uniform", "hetero", "fa_pool", "kv_sharded", "function-after[_check(), "}
+    # pydantic puts the discriminator tag ('uniform', 'poisson', ...) or a validator's
+    # name ('function-after[...]') in the location of a union member; the user never
+    # typed it, so leave it out.
+    return part in _UNION_TAGS or (isinstance(part, str) and "[" in part)

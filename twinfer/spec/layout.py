@@ -193,6 +193,10 @@ def check_tp(tp: int, model: ModelSpec, field: str) -> None:
     if tp > model.kv_heads and tp % model.kv_heads:
         raise SpecError(field, f"tp={tp} is not a multiple of the model's {model.kv_heads} "
                         "KV heads (needed to replicate them)", "choose another tp")
+    if model.ffn_hidden % tp:
+        raise SpecError(field, f"tp={tp} does not divide the model's ffn_hidden="
+                        f"{model.ffn_hidden} (the MLP is split column/row-wise)",
+                        "choose a tp that divides ffn_hidden")
 
 
 def placement(layout: object, model: ModelSpec, cluster: ClusterSpec) -> Placement:

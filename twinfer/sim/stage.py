@@ -1,0 +1,189 @@
+"""A pipeline stage's work on one micro-batch step, summed from the cost model.
+
+An engine event is a stage's whole step, not a kernel (so sweeps stay fast): the
+time of every layer's GEMMs, attention, element-wise ops and tensor-parallel
+collectives for the step's batch composition. The batch composition is what
+iteration-level scheduling (Orca, Yu et al. 2022; vLLM) produces each step:
+``decode_n`` sequences decoding one token each over ``decode_ctx_sum`` KV tokens in
+all, plus prompt chunks (Sarathi-style chunked prefill) of ``c`` new tokens after
+``p`` cached ones.
+
+Per layer, on each GPU of a TP group of ``tp`` (Megatron column/row parallel):
+RMSNorm, QKV GEMM ``[m, hidden] x [hidden, qkv_n]``, RoPE, KV-cache write,
+attention, output GEMM ``[m, q_dim/tp] x [q_dim/tp, hidden]``, all-reduce, residual
+add, RMSNorm, gate/up GEMM, activation, down GEMM, all-reduce, residual add. The first
+stage adds the vocabulary-parallel embedding (and its all-reduce); the last adds the
+final norm, the LM head for the sequences that sample, the logits all-gather and
+sampling. Pipeline stages hand the hidden states on with a send/recv; when TP
+degrees differ (HexGen), the receiving leader broadcasts them inside its group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twinfer.sim.cost import CostModel
+from twinfer.sim.memory import LOGIT_BYTES
+from twinfer.sim.shard import ShardShape
+from twinfer.spec.model import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class StepBatch:
+    """The composition of one micro-batch step."""
+
+    decode_n: int  # sequences decoding one token
+    decode_ctx_sum: int  # KV tokens those sequences attend over, summed
+    chunks: tuple[tuple[int, int], ...] = ()  # (new prompt tokens, cached tokens before)
+    prefill_tokens: int = 0  # sum of the chunks' new tokens
+    logits_n: int = 0  # sequences sampling a token: decodes + prompts completed now
+
+    @property
+    def tokens(self) -> int:
+        return self.decode_n + self.prefill_tokens
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a stage is: its layers, TP group, link and place in the pipeline."""
+
+    model: ModelSpec
+    tp: int
+    num_layers: int
+    link: str  # link kind inside the TP group
+    first: bool
+    last: bool
+
+
+class StageCost:
+    """Time of one stage's step: ``step(batch) -> (time_s, comm_s)``."""
+
+    def __init__(self, spec: StageSpec, cost: CostModel) -> None:
+        self.spec = spec
+        self.cost = cost
+        self.shard = ShardShape.of(spec.model, spec.tp)
+        overheads = cost.profile.overheads
+        self.fixed_s = overheads.per_layer_s * spec.num_layers + (
+            overheads.step_s if spec.first else 0.0)
+        self.comm_kept = 1.0 - overheads.comm_overlap
+        self._dense: dict[int, tuple[float, float]] = {}
+        self._head: dict[int, tuple[float, float]] = {}
+        self._chunk: dict[tuple[int, int], float] = {}
+
+    def step(self, batch: StepBatch) -> tuple[float, float]:
+        """(time_s, comm_s) of this stage's work on ``batch``; comm_s is part of time_s."""
+        dense = self._dense.get(batch.tokens)
+        if dense is None:
+            dense = self._dense[batch.tokens] = self._dense_s(batch.tokens)
+        time_s, comm_s = dense
+        if self.spec.last:
+            head = self._head.get(batch.logits_n)
+            if head is None:
+                head = self._head[batch.logits_n] = self._lm_head_s(batch.logits_n)
+            time_s += head[0]
+            comm_s += head[1]
+        return time_s + self.attention_s(batch) + self.fixed_s, comm_s
+
+    def attention_s(self, batch: StepBatch) -> float:
+        """All layers' attention: decodes over their contexts plus the prompt chunks."""
+        sh = self.shard
+        per_layer = 0.0
+        if batch.decode_n:
+            per_layer = self.cost.decode_attention_s(
+                batch.decode_n, batch.decode_ctx_sum / batch.decode_n, sh.q_heads, sh.kv_heads,
+                sh.head_dim)
+        for chunk in batch.chunks:
+            t = self._chunk.get(chunk)
+            if t is None:
+                t = self._chunk[chunk] = self.cost.prefill_chunk_s(
+                    chunk[0], chunk[1], sh.q_heads, sh.kv_heads, sh.head_dim)
+            per_layer += t
+        return per_layer * self.spec.num_layers
+
+    def _dense_s(self, m: int) -> tuple[float, float]:
+        """Everything but attention and the LM head, for ``m`` tokens: (time, comm)."""
+        if m == 0:
+            return 0.0, 0.0
+        c, sh, spec = self.cost, self.shard, self.spec
+        db, h = sh.dtype_bytes, sh.hidden
+        act = m * h * db  # one [m, hidden] activation
+        norm = c.elementwise_s(2 * act)
+        add = c.elementwise_s(3 * act)
+        rope = c.elementwise_s(2 * m * (sh.q_dim + sh.kv_dim) * db)
+        kv_write = c.elementwise_s(2 * m * 2 * sh.kv_dim * db)
+        mlp_act = c.elementwise_s(m * sh.ffn * db * (3 if sh.swiglu else 2))
+        gemms = (c.gemm_s(m, sh.qkv_n, h) + c.gemm_s(m, h, sh.q_dim)
+                 + c.gemm_s(m, sh.up_n, h) + c.gemm_s(m, h, sh.ffn))
+        all_reduce = c.collective_s("all_reduce", act, spec.tp, spec.link) * self.comm_kept
+        layer_comm = 2 * all_reduce
+        layer = 2 * norm + 2 * add + rope + kv_write + mlp_act + gemms + layer_comm
+        time_s, comm_s = layer * spec.num_layers, layer_comm * spec.num_layers
+        if spec.first:  # embedding gather, all-reduced across the vocabulary shards
+            time_s += c.elementwise_s(2 * act) + all_reduce
+            comm_s += all_reduce
+        if spec.last:
+            time_s += norm
+        return time_s, comm_s
+
+    def _lm_head_s(self, n: int) -> tuple[float, float]:
+        """LM head for the ``n`` sequences that sample, logits gather and sampling."""
+        if n == 0:
+            return 0.0, 0.0
+        c, sh, spec = self.cost, self.shard, self.spec
+        gather = c.collective_s("all_gather", n * sh.vocab * sh.dtype_bytes, spec.tp,
+                                spec.link) * self.comm_kept
+        full_vocab = spec.model.vocab
+        sample = c.elementwise_s(2 * n * full_vocab * LOGIT_BYTES)
+        return c.gemm_s(n, sh.vocab, sh.hidden) + gather + sample, gather
+
+
+@dataclass(frozen=True)
+class HopSpec:
+    """The hand-off from one stage to the next: leader send, then a broadcast in the
+    receiving TP group when its degree differs (HexGen's leader scheme)."""
+
+    hidden_bytes: int  # bytes of one token's hidden state
+    send_link: str
+    recv_tp: int
+    recv_link: str
+    broadcast: bool
+
+
+class HopCost:
+    def __init__(self, spec: HopSpec, cost: CostModel, recv_cost: CostModel) -> None:
+        self.spec = spec
+        self.cost = cost
+        self.recv_cost = recv_cost
+        self._cache: dict[int, float] = {}
+
+    def send_s(self, tokens: int) -> float:
+        t = self._cache.get(tokens)
+        if t is None:
+            spec = self.spec
+            nbytes = tokens * spec.hidden_bytes
+            t = self.cost.collective_s("send_recv", nbytes, 2, spec.send_link)
+            if spec.broadcast:
+                t += self.recv_cost.collective_s("broadcast", nbytes, spec.recv_tp,
+                                                 spec.recv_link)
+            self._cache[tokens] = t
+        return t
+
+
+@dataclass
+class PipelineModel:
+    """A pipeline's stages and hops: what the engine asks for every step."""
+
+    stages: list[StageCost]
+    hops: list[HopCost]
+    gpus: list[tuple[int, ...]]  # GPU ids per stage
+    micro_batches: int
+
+    def step(self, batch: StepBatch) -> tuple[list[float], list[float], list[float]]:
+        """Per stage (time_s, comm_s) and per hop send_s for one step of ``batch``."""
+        times, comms = [], []
+        for stage in self.stages:
+            t, comm = stage.step(batch)
+            times.append(t)
+            comms.append(comm)
+        tokens = batch.tokens
+        return times, comms, [hop.send_s(tokens) for hop in self.hops]
