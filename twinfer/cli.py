@@ -104,6 +104,72 @@ def exec_(
         raise typer.Exit(code)
 
 
+@app.command()
+@user_errors
+def calibrate(
+    out: str = typer.Option("", "--out", help="profile JSON to write (default: "
+                            "twinfer/calibration/profiles/<name>.json)"),
+    quick: bool = typer.Option(False, "--quick", help="fewer points (a CPU run: < 60 s)"),
+    ops: str = typer.Option("gemm,decode_attention,prefill_attention,elementwise,collectives",
+                            "--ops", help="comma-separated sweeps to run"),
+    device: str = typer.Option("auto", "--device", help="cuda, cpu or auto"),
+    name: str = typer.Option("", "--name", help="profile name (default from the device)"),
+    time_budget_s: float = typer.Option(0.0, "--time-budget-s",
+                                        help="stop the compute sweeps after this long (0: none)"),
+    from_exec: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None, "--from-exec", help="executor results JSON(s): fit the profile's overheads "
+        "from their step timelines instead of sweeping (needs --profile or --out)"),
+    profile: str = typer.Option("", "--profile", help="with --from-exec: the profile to fit"),
+) -> None:
+    """Measure the visible device and write a calibration profile (resumes if interrupted)."""
+    from pathlib import Path
+
+    if from_exec:
+        from twinfer.calibration.overheads import fit_overheads_cli
+
+        console.print(fit_overheads_cli([Path(p) for p in from_exec], profile or out, out))
+        return
+    from twinfer.calibration.calibrate import CalibrateOptions, calibrate_and_summarize
+
+    opts = CalibrateOptions(
+        out=Path(out) if out else None, device=device, quick=quick,
+        ops=tuple(o.strip() for o in ops.split(",") if o.strip()), name=name,
+        time_budget_s=time_budget_s)
+    console.print(calibrate_and_summarize(opts))
+
+
+@app.command()
+@user_errors
+def compare(
+    results: list[str] = typer.Argument(..., help="executor results JSON(s); with --table "
+                                        "also directories searched for them"),
+    profile: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--profile", help="profile name or JSON path (default: the scenario's)"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the comparison JSON"),  # noqa: UP045
+    plot: Optional[str] = typer.Option(None, "--plot", help="write a bar chart PNG"),  # noqa: UP045
+    table: bool = typer.Option(False, "--table", help="print the Markdown validation matrix "
+                               "(median and worst error per metric) of all the results"),
+) -> None:
+    """Simulated versus measured: TTFT, TPOT, TPS and per-phase time of executor runs."""
+    from pathlib import Path
+
+    from twinfer import compare as cmp
+    from twinfer.calibration.store import write_json_atomic
+
+    if table:
+        print(cmp.validation_table(results, profile))
+        return
+    found = [cmp.compare_file(p, profile) for p in cmp.results_paths(results)]
+    for c in found:
+        console.print(cmp.comparison_table(c))
+    if json_out:
+        docs = [c.to_dict() for c in found]
+        write_json_atomic(Path(json_out), docs[0] if len(docs) == 1 else docs)
+        console.print(f"wrote {json_out}", highlight=False)
+    if plot:
+        console.print(f"wrote {cmp.plot_comparison(found[0], plot)}", highlight=False)
+
+
 def main(argv: Optional[list[str]] = None) -> None:  # noqa: UP045
     """Console-script entry point."""
     app(args=argv if argv is not None else sys.argv[1:], prog_name="twinfer")

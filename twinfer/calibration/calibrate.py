@@ -10,10 +10,7 @@ twin's schema, written atomically, and the partial file removed.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -126,17 +123,20 @@ def run_compute(plan: SweepPlan, store: PartialStore, opts: CalibrateOptions) ->
     return skipped
 
 
-def mpirun_argv(ranks: int, args: list[str]) -> list[str]:
-    """``mpirun -np ranks python args...`` the way the executor launches (root allowed)."""
-    launcher = shutil.which("mpirun") or shutil.which("mpiexec")
-    if launcher is None:
-        raise SpecError("collectives", "mpirun is not on PATH",
+def mpirun_argv(ranks: int, device: str, job: Path) -> tuple[list[str], dict[str, str]]:
+    """The executor's own ``mpiexec`` command line and rank environment
+    (``twinfer.exec.launch``), pointed at the collectives job instead of ``twinfer.exec``."""
+    from twinfer.exec.launch import find_mpiexec, mpiexec_command, rank_env
+
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise SpecError("collectives", "mpiexec is not on PATH nor next to this Python",
                         "install Open MPI (the 'mpi' extra) or leave collectives out of --ops")
-    argv = [launcher, "-np", str(ranks)]
-    if os.geteuid() == 0:
-        argv.insert(1, "--allow-run-as-root")
-    argv[1:1] = ["--oversubscribe"]
-    return argv + [sys.executable, *args]
+    env = rank_env(ranks, device)
+    argv = mpiexec_command(mpiexec, ranks, [str(job)], env)
+    module = argv.index("twinfer.exec")  # [..., python, -m, twinfer.exec, job]
+    argv[module] = "twinfer.calibration.sweep_comm"
+    return argv, env
 
 
 def comm_ranks(device: str, requested: int) -> int:
@@ -160,11 +160,7 @@ def run_collectives(plan: SweepPlan, store: PartialStore, opts: CalibrateOptions
         job_path = Path(tmp) / "job.json"
         CommJob(str(store.path), store.fingerprint, plan.comm_bytes, list(plan.comm_ops),
                 plan.device, link, opts.quick).write(job_path)
-        argv = mpirun_argv(ranks, ["-m", "twinfer.calibration.sweep_comm", str(job_path)])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-        if plan.device == "cpu":
-            env["OMP_NUM_THREADS"] = "1"
+        argv, env = mpirun_argv(ranks, plan.device, job_path)
         if opts.progress:
             Console(stderr=True).print(f"collectives: {ranks} ranks over {link} "
                                        f"({len(plan.comm_ops)} ops x {len(plan.comm_bytes)} sizes)")

@@ -83,8 +83,8 @@ def cpu_plan(quick: bool = False) -> SweepPlan:
         decode_batches=[1, 4, 16] if quick else [1, 4, 16, 64],
         decode_contexts=powers_of_two(16, 1024 if quick else 8192, 2 if quick else 1),
         prefill_tokens=powers_of_two(16, 1024 if quick else 4096, 2 if quick else 1),
-        elementwise_bytes=powers_of_two(1 << 16, (1 << 24) if quick else (1 << 28), 2),
-        comm_bytes=powers_of_two(4096, (4 << 20) if quick else (64 << 20), 2),
+        elementwise_bytes=powers_of_two(1 << 12, (1 << 24) if quick else (1 << 28), 2),
+        comm_bytes=powers_of_two(256, (4 << 20) if quick else (64 << 20), 2),
         max_flops=2e9 if quick else 5e10,
         presets=CPU_PRESETS,
     )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -61,25 +60,19 @@ def group_key(op: str, ranks: int, link_kind: str) -> str:
     return f"collective/{link_kind}/{op}/{ranks}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed(comm, device: str) -> torch.device:
-    """torch.distributed over the MPI job: rank 0 picks the port, MPI broadcasts it."""
+    """torch.distributed over the MPI job, as the executor starts it: rank 0's address
+    and a free port broadcast over MPI; a rank's GPU is its rank on its node."""
+    from twinfer.exec.launch import rendezvous_address
+
     rank, size = comm.Get_rank(), comm.Get_size()
-    host = comm.bcast(socket.gethostname() if rank == 0 else None, root=0)
-    port = comm.bcast(_free_port() if rank == 0 else None, root=0)
+    addr, port = rendezvous_address(comm)
     if device == "cuda":
         local = comm.Split_type(split_type=6).Get_rank()  # MPI.COMM_TYPE_SHARED
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-        backend = "nccl"
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        dev, backend = torch.device("cuda", torch.cuda.current_device()), "nccl"
     else:
         dev, backend = torch.device("cpu"), "gloo"
-    addr = "127.0.0.1" if comm.allreduce(host == socket.gethostname()) == size else host
     dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank,
                             world_size=size)
     return dev

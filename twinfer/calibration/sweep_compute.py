@@ -144,37 +144,50 @@ def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def _elementwise_case(bench: Bench, op: str, rows: int) -> tuple[Callable, Callable, int]:
-    """(make inputs, op, bytes read + written) for ``rows`` rows of one op."""
-    row = HIDDEN * bench.elem_bytes
-    weight = torch.ones(HIDDEN, device=bench.device, dtype=bench.dtype)
+FACTORS = {"copy": 2, "rmsnorm": 2, "add_rmsnorm": 4, "silu_mul": 3, "rope": 2}
+
+
+def _elementwise_case(bench: Bench, op: str, target_bytes: int) -> tuple[Callable, Callable, int]:
+    """(make inputs, op, bytes read + written) of one op moving about ``target_bytes``.
+
+    Rows are ``HIDDEN`` wide, narrower (down to 16) for small sizes so that the
+    smallest points are a few rows of a small model rather than one row of a big one.
+    """
+    per_row = FACTORS[op] * bench.elem_bytes
+    width = HIDDEN
+    while width > 16 and target_bytes < 4 * per_row * width:
+        width //= 2
+    rows = max(1, target_bytes // (per_row * width))
+    row = width * bench.elem_bytes
+    weight = torch.ones(width, device=bench.device, dtype=bench.dtype)
     if op == "rmsnorm":
-        return (lambda: (bench.randn(rows, HIDDEN),),
+        return (lambda: (bench.randn(rows, width),),
                 lambda x: rmsnorm(x, weight), 2 * rows * row)
     if op == "add_rmsnorm":
-        return (lambda: (bench.randn(rows, HIDDEN), bench.randn(rows, HIDDEN)),
+        return (lambda: (bench.randn(rows, width), bench.randn(rows, width)),
                 lambda x, r: add_rmsnorm(x, r, weight), 4 * rows * row)
     if op == "copy":
-        return (lambda: (bench.randn(rows, HIDDEN), bench.randn(rows, HIDDEN)),
+        return (lambda: (bench.randn(rows, width), bench.randn(rows, width)),
                 lambda dst, src: dst.copy_(src), 2 * rows * row)
     if op == "silu_mul":
-        return (lambda: (bench.randn(rows, 2 * HIDDEN),), _silu_mul, 3 * rows * row)
-    # rope: q [rows, 32, 128] and k [rows, 8, 128] rotated (a Llama-3-8B layer's shape)
-    table = rope_cos_sin(8192, 128, device=bench.device)
-    pos = torch.arange(rows, device=bench.device) % 8192
-    tokens = max(1, rows * HIDDEN // (40 * 128))
-    return (lambda: (bench.randn(tokens, 32, 128), bench.randn(tokens, 8, 128)),
-            lambda q, k: apply_rope(q, k, pos[:tokens], table),
-            2 * tokens * 40 * 128 * bench.elem_bytes)
+        return (lambda: (bench.randn(rows, 2 * width),), _silu_mul, 3 * rows * row)
+    # rope: q [tokens, 4 g, d] and k [tokens, g, d] rotated (Llama-3's 4:1 GQA shape)
+    head_dim = min(128, width)
+    group = max(1, width // (4 * head_dim))
+    tokens = rows
+    table = rope_cos_sin(8192, head_dim, device=bench.device)
+    pos = torch.arange(tokens, device=bench.device) % 8192
+    return (lambda: (bench.randn(tokens, 4 * group, head_dim),
+                     bench.randn(tokens, group, head_dim)),
+            lambda q, k: apply_rope(q, k, pos, table),
+            2 * tokens * 5 * group * head_dim * bench.elem_bytes)
 
 
 def elementwise_group(bench: Bench, op: str) -> list[dict]:
     """One element-wise op over the plan's byte sizes (bytes = read + written)."""
     samples = []
     for target in bench.plan.elementwise_bytes:
-        factor = {"copy": 2, "rmsnorm": 2, "add_rmsnorm": 4, "silu_mul": 3, "rope": 2}[op]
-        rows = max(1, target // (factor * HIDDEN * bench.elem_bytes))
-        make, fn, nbytes = _elementwise_case(bench, op, rows)
+        make, fn, nbytes = _elementwise_case(bench, op, target)
         if not bench.fits(2 * nbytes):
             continue
         inputs = bench.copies(make, nbytes)
@@ -189,8 +202,7 @@ def peaks_group(bench: Bench) -> list[dict]:
     every profile carries, whatever ``--ops`` left out)."""
     gpu = bench.device.type == "cuda"
     copy_bytes, side = (1 << 30, 8192) if gpu else (1 << 26, 1024)
-    rows = copy_bytes // (2 * HIDDEN * bench.elem_bytes)
-    make, fn, nbytes = _elementwise_case(bench, "copy", rows)
+    make, fn, nbytes = _elementwise_case(bench, "copy", copy_bytes)
     copy_s = bench.time([make()], fn)
     gemm_s = bench.time([(bench.randn(side, side), bench.randn(side, side))], F.linear)
     return [{"op": "copy", "bytes": int(nbytes), "time_s": copy_s},
