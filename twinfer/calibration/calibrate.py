@@ -11,15 +11,12 @@ twin's schema, written atomically, and the partial file removed.
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from twinfer.calibration import PROFILES_DIR
 from twinfer.calibration.plan import ELEMENTWISE, OPS, SweepPlan, plan_for
@@ -87,7 +84,47 @@ def compute_groups(plan: SweepPlan, ops: tuple[str, ...]) -> Iterator[tuple[str,
                 "kind": "prefill_attention", "samples": sc.prefill_group(b, h)}
 
 
-def _progress(enabled: bool) -> Progress:
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class _PlainProgress:
+    """A line per group on stderr, for a device image without rich."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.done, self.total = enabled, 0, 0
+
+    def __enter__(self) -> _PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, _name: str, total: int, completed: int, group: str) -> int:
+        self.total, self.done = total, completed
+        return 0
+
+    def update(self, _task: int, group: str) -> None:
+        if self.enabled:
+            _say(f"[{self.done + 1}/{self.total}] {group}")
+
+    def advance(self, _task: int) -> None:
+        self.done += 1
+
+
+def _progress(enabled: bool):
+    """A rich progress bar on stderr (a plain one where rich is missing)."""
+    try:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:
+        return _PlainProgress(enabled)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("{task.fields[group]}"),
                     console=Console(stderr=True), disable=not enabled, transient=False)
@@ -162,8 +199,8 @@ def run_collectives(plan: SweepPlan, store: PartialStore, opts: CalibrateOptions
                 plan.device, link, opts.quick).write(job_path)
         argv, env = mpirun_argv(ranks, plan.device, job_path)
         if opts.progress:
-            Console(stderr=True).print(f"collectives: {ranks} ranks over {link} "
-                                       f"({len(plan.comm_ops)} ops x {len(plan.comm_bytes)} sizes)")
+            _say(f"collectives: {ranks} ranks over {link} "
+                 f"({len(plan.comm_ops)} ops x {len(plan.comm_bytes)} sizes)")
         proc = subprocess.run(argv, env=env, capture_output=True, text=True,
                               timeout=COMM_TIMEOUT_S)
     store.reload()
@@ -192,8 +229,7 @@ def calibrate(opts: CalibrateOptions) -> tuple[dict, Path]:
     out = opts.out or PROFILES_DIR / f"{name}.json"
     store = PartialStore(partial_path(out), plan.fingerprint())
     if store.resumed and opts.progress:
-        Console(stderr=True).print(f"resuming: {store.resumed} groups already measured "
-                                   f"in {store.path}")
+        _say(f"resuming: {store.resumed} groups already measured in {store.path}")
     skipped = run_compute(plan, store, opts)
     notes = list(opts.extra_notes)
     if skipped:
@@ -209,14 +245,16 @@ def calibrate(opts: CalibrateOptions) -> tuple[dict, Path]:
     return profile, out
 
 
-def calibrate_and_summarize(opts: CalibrateOptions) -> Table:
+def calibrate_and_summarize(opts: CalibrateOptions):
     """Run ``calibrate`` and describe the profile it wrote (the CLI prints this)."""
     profile, out = calibrate(opts)
     return profile_table(profile, f"wrote {out}")
 
 
-def profile_table(profile: dict, title: str) -> Table:
-    """What a profile holds: sample counts per op, peaks, and the collective fits."""
+def profile_table(profile: dict, title: str):
+    """A rich table of what a profile holds: samples per op, peaks, collective fits."""
+    from rich.table import Table
+
     table = Table(title=f"{profile['name']} ({profile['source']}): {title}")
     for col in ("section", "what", "value"):
         table.add_column(col)

@@ -2,10 +2,11 @@
 
 A collective of ``x`` bytes takes ``t = alpha + x / bandwidth`` (Hockney's model).
 The two terms are fitted where each dominates: ``bandwidth`` by robust least squares
-(soft-L1 loss on relative residuals, so one slow outlier does not tilt the line) on
-the large-message tail, ``alpha`` as the median of ``t - x / bandwidth`` over the
-small messages. ``residual_rel`` is the root mean square of the relative error of the
-fitted line over every sample.
+(soft-L1 loss on relative residuals, solved by iteratively reweighted least squares,
+so one slow outlier does not tilt the line) on the large-message tail, ``alpha`` as
+the median of ``t - x / bandwidth`` over the small messages. ``residual_rel`` is the
+root mean square of the relative error of the fitted line over every sample. Plain
+numpy: the GPU image the campaign runs on need not have scipy.
 
 Compute curves (GEMM over m, attention over context, element-wise over bytes) stay as
 samples: the cost model interpolates them in log-log space. What is fitted is how
@@ -15,16 +16,18 @@ at interior points, and how far the curve departs from monotone.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
 
 TAIL_SHARE = 0.4  # the largest 40% of message sizes fit the bandwidth
 HEAD_SHARE = 0.3  # the smallest 30% fit the latency
 MIN_TAIL = 3
 MIN_HEAD = 2
+SOFT_L1_SCALE = 0.05  # relative residuals beyond ~5% count linearly, not squared
+IRLS_ITERS = 50
 
 
 @dataclass(frozen=True)
@@ -59,21 +62,31 @@ def fit_alpha_beta(nbytes: Sequence[float], times_s: Sequence[float]) -> AlphaBe
     if np.any(t <= 0) or np.any(x <= 0):
         raise ValueError("message sizes and times must be positive")
     tail, head = _split(x)
-    xt, tt = x[tail], t[tail]
-
-    def resid(p: np.ndarray) -> np.ndarray:
-        return (p[0] + p[1] * xt) / tt - 1.0
-
-    slope0 = max(float(np.polyfit(xt, tt, 1)[0]), 1e-15)
-    x_scale = np.array([max(float(tt.min()), 1e-9), slope0])
-    fit = least_squares(resid, x0=[float(tt.min()) * 0.1, slope0], loss="soft_l1",
-                        f_scale=0.05, bounds=([-np.inf, 1e-18], [np.inf, np.inf]),
-                        x_scale=x_scale)
-    sec_per_byte = float(fit.x[1])
+    _, sec_per_byte = robust_line(x[tail], t[tail])
     alpha_s = max(0.0, float(np.median(t[head] - x[head] * sec_per_byte)))
     pred = alpha_s + x * sec_per_byte
     residual = float(np.sqrt(np.mean((pred / t - 1.0) ** 2)))
     return AlphaBeta(alpha_s, 1.0 / sec_per_byte, residual)
+
+
+def robust_line(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """(intercept, slope > 0) of ``t ~ a + b x`` minimizing the soft-L1 loss of the
+    relative residuals ``(a + b x) / t - 1`` by iteratively reweighted least squares."""
+    design = np.column_stack([np.ones_like(x), x]) / t[:, None]  # rows scaled by 1/t
+    target = np.ones_like(t)
+    weights = np.ones_like(t)
+    coef = np.zeros(2)
+    for _ in range(IRLS_ITERS):
+        sw = np.sqrt(weights)[:, None]
+        new, *_ = np.linalg.lstsq(design * sw, target * sw[:, 0], rcond=None)
+        if new[1] <= 0:  # a flat or falling tail: keep the slope positive but tiny
+            new = np.array([float(np.median(t)), float(np.median(t)) * 1e-12 / max(x.max(), 1)])
+        resid = design @ new - target
+        weights = 1.0 / np.sqrt(1.0 + (resid / SOFT_L1_SCALE) ** 2)
+        if np.allclose(new, coef, rtol=1e-10, atol=0):
+            break
+        coef = new
+    return float(coef[0]), float(coef[1])
 
 
 def loglog_interp(x_known: np.ndarray, y_known: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -120,9 +133,22 @@ def curve_quality(sizes: Sequence[float], times_s: Sequence[float]) -> CurveQual
 
 
 def fit_linear_nonneg(design: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
-    """Non-negative least squares ``design @ coef ~ target``; returns (coef, rms residual)."""
-    from scipy.optimize import nnls
-
-    coef, _ = nnls(np.asarray(design, dtype=float), np.asarray(target, dtype=float))
-    resid = design @ coef - target
-    return coef, float(np.sqrt(np.mean(resid**2))) if len(target) else 0.0
+    """Non-negative least squares ``design @ coef ~ target`` for a few columns (every
+    subset of columns is tried; exact for the one or two the overhead fit has).
+    Returns (coef, rms residual)."""
+    design = np.asarray(design, dtype=float)
+    target = np.asarray(target, dtype=float)
+    cols = design.shape[1]
+    best, best_err = np.zeros(cols), float(np.sum(target**2))
+    for size in range(1, cols + 1):
+        for subset in itertools.combinations(range(cols), size):
+            sol, *_ = np.linalg.lstsq(design[:, subset], target, rcond=None)
+            if np.any(sol < 0):
+                continue
+            coef = np.zeros(cols)
+            coef[list(subset)] = sol
+            err = float(np.sum((design @ coef - target) ** 2))
+            if err < best_err:
+                best, best_err = coef, err
+    resid = design @ best - target
+    return best, float(np.sqrt(np.mean(resid**2))) if len(target) else 0.0
