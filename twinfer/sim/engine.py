@@ -121,7 +121,7 @@ class Engine:
     def _lane(self, i: int, k: int):
         env, rec, log = self.env, self.record, self.log
         lane, pipe = self.lanes[i][k], self.pipelines[i]
-        contended = len(pipe.stages) > 1 or pipe.micro_batches > 1
+        contended = self._contended(pipe)
         n_stages = len(pipe.stages)
         while True:
             batch = lane.next_batch()
@@ -160,6 +160,10 @@ class Engine:
                 for q in range(len(self.lanes[i])):
                     if q != k and self.lanes[i][q].waiting:
                         self._wake(i, q)
+
+    def _contended(self, pipe: PipelineModel) -> bool:
+        """Whether a lane's steps can wait for a resource (a stage, a link, a pool)."""
+        return len(pipe.stages) > 1 or pipe.micro_batches > 1
 
     def _run_stage(self, i: int, s: int, k: int, batch: StepBatch, time_s: float,
                    comm_s: float):

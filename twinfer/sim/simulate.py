@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from twinfer.sim.engine import Engine, RunRecord
+from twinfer.sim.engine import RunRecord
+from twinfer.sim.layouts import add_layout_reports, engine_for
 from twinfer.sim.results import GpuReport, LinkReport, SimResult, Stat, latency_stats
 from twinfer.sim.trace import write_chrome_trace
 from twinfer.sim.twin import ProfilesArg, Twin, build_twin
@@ -26,10 +27,12 @@ def simulate(scenario: Scenario | str | Path, profiles: ProfilesArg = None,
         scenario = load_scenario(scenario)
     start = time.perf_counter()
     twin = build_twin(scenario, profiles)
-    engine = Engine(twin.pipelines, [m.kv_blocks for m in twin.memory], twin.requests,
-                    scenario.scheduler, trace=trace is not None, log=log)
+    engine = engine_for(twin)(twin.pipelines, [m.kv_blocks for m in twin.memory],
+                              twin.requests, scenario.scheduler, trace=trace is not None,
+                              log=log)
     record = engine.run()
     result = result_from_run(twin, record)
+    add_layout_reports(result, twin, engine)
     result.wall_s = time.perf_counter() - start
     if trace is not None:
         write_chrome_trace(Path(trace), twin, record)

@@ -23,7 +23,7 @@ from twinfer.spec.layout import Placement
 from twinfer.spec.scenario import Scenario
 from twinfer.spec.workload import Request
 
-SIMULATED_KINDS = ("uniform", "hetero")
+SIMULATED_KINDS = ("uniform", "hetero", "fa_pool", "kv_sharded")
 
 ProfileArg = Profile | str | Path
 ProfilesArg = ProfileArg | Mapping[str, ProfileArg] | None
@@ -103,6 +103,10 @@ def build_twin(scenario: Scenario, profiles: ProfilesArg = None,
                requests: list[Request] | None = None) -> Twin:
     """Validate what only the twin can check (profiles, memory) and build its models."""
     kind = scenario.layout.kind
+    if kind in ("fa_pool", "kv_sharded"):  # their own stage costs (twinfer.sim.layouts)
+        from twinfer.sim.layouts import build_layout_twin
+
+        return build_layout_twin(scenario, profiles, requests)
     if kind not in SIMULATED_KINDS:
         raise SpecError("layout.kind", f"the twin does not simulate {kind} layouts yet",
                         f"use one of: {', '.join(SIMULATED_KINDS)}")
