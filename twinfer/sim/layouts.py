@@ -71,8 +71,11 @@ def _kv_sharded_twin(scenario: Scenario, layout: KvShardedLayout, profiles: Prof
                      requests: list[Request] | None) -> Twin:
     twin = _base_twin(scenario, UniformLayout(tp=layout.tp, replicas=layout.replicas,
                                               gpus=layout.gpus), profiles, requests)
+    swapped: dict[int, KvShardedStageCost] = {}  # shared stages stay shared
     for pipe in twin.pipelines:
-        pipe.stages = [KvShardedStageCost(st.spec, st.cost, layout.comm) for st in pipe.stages]
+        pipe.stages = [swapped.setdefault(id(st), KvShardedStageCost(st.spec, st.cost,
+                                                                      layout.comm))
+                       for st in pipe.stages]
     twin.scenario, twin.placement = scenario, scenario.placement()
     return twin
 
@@ -94,8 +97,10 @@ def _fa_pool_twin(scenario: Scenario, layout: FaPoolLayout, profiles: ProfilesAr
                          scenario.scheduler)
     longest = max(r.prompt_tokens + r.output_tokens for r in base.requests)
     check_pool_fits(layout, memory, longest)
+    swapped: dict[int, FaPoolStageCost] = {}  # shared stages stay shared
     for pipe in base.pipelines:
-        pipe.stages = [FaPoolStageCost(st.spec, st.cost, pool) for st in pipe.stages]
+        pipe.stages = [swapped.setdefault(id(st), FaPoolStageCost(st.spec, st.cost, pool))
+                       for st in pipe.stages]
     # Long sequences keep their KV on the pool: each base pipeline may fill its share.
     block = scenario.scheduler.kv_block_tokens
     share = pool_kv_blocks(memory, block) // len(base.pipelines)

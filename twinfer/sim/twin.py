@@ -120,6 +120,7 @@ def build_twin(scenario: Scenario, profiles: ProfilesArg = None,
     longest = max(r.prompt_tokens + r.output_tokens for r in requests)
     memory = plan_memory(model, placement, cluster, by_type, scenario.scheduler, longest)
     pipelines = []
+    shared: dict[tuple, StageCost] = {}
     for i, pipe in enumerate(placement.pipelines):
         stage_costs, gpu_types = [], []
         for j, stage in enumerate(pipe.stages):
@@ -132,7 +133,11 @@ def build_twin(scenario: Scenario, profiles: ProfilesArg = None,
             gpu_types.append(gpu_type)
             spec = StageSpec(model, stage.tp, stage.num_layers, cluster.link_between(stage.gpus),
                              first=j == 0, last=j == len(pipe.stages) - 1)
-            stage_costs.append(StageCost(spec, costs[gpu_type]))
+            # identical stages (replicas) share one cost object and its caches
+            key = (spec, gpu_type)
+            if key not in shared:
+                shared[key] = StageCost(spec, costs[gpu_type])
+            stage_costs.append(shared[key])
         hops = []
         for j in range(len(pipe.stages) - 1):
             a, b = pipe.stages[j], pipe.stages[j + 1]
