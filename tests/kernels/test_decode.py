@@ -70,19 +70,29 @@ def test_flash_decode(head_dim, group, q_len, num_splits, device, gen, poison, c
     _check_decode(close_to_ref, out, lse, q, k, v, seq_lens)
 
 
-@pytest.mark.parametrize("tiles", [None, DecodeTiles(block_n=64)])
+@pytest.mark.parametrize("tiles", [None, DecodeTiles(block_n=64), DecodeTiles(16, prefetch=True)])
 @pytest.mark.parametrize("num_splits", [1, 4])
 @pytest.mark.parametrize("q_len", [1, 13])
 @pytest.mark.parametrize("page_size", [16, 64])
 def test_paged_flash_decode(page_size, q_len, num_splits, tiles, device, gen, poison,
                             close_to_ref):
-    # tiles=64 with 16-token pages exercises the per-row gather of the block table.
+    # tiles=64 with 16-token pages exercises the per-row gather of the block table;
+    # prefetch the register double-buffered loop.
     q, k, v = _inputs(gen, 3, q_len, 8, 2, 150, 64, LOWP, device)
     seq_lens = torch.tensor([150, 97, 14], dtype=torch.int32, device=device)
     k_pages, v_pages, table = _paginate(k, v, page_size, gen, seq_lens)
     out, lse = paged_flash_decode(q, k_pages, v_pages, table, seq_lens,
                                   num_splits=num_splits, tiles=tiles)
     _check_decode(close_to_ref, out, lse, q, k, v, seq_lens, paged=(k_pages, v_pages, table))
+
+
+@pytest.mark.parametrize("q_len", [1, 13])
+def test_flash_decode_prefetch(q_len, device, gen, poison, close_to_ref):
+    q, k, v = _inputs(gen, 3, q_len, 8, 2, 77, 80, LOWP, device)
+    seq_lens = torch.tensor([77, 40, 13], dtype=torch.int32, device=device)
+    out, lse = flash_decode(q, k, v, seq_lens, num_splits=3,
+                            tiles=DecodeTiles(32, num_stages=1, prefetch=True))
+    _check_decode(close_to_ref, out, lse, q, k, v, seq_lens)
 
 
 def test_paged_equals_contiguous(device, gen):
@@ -170,4 +180,22 @@ def test_paged_flash_decode_gpu(page_size, q_len, gen, poison, close_to_ref):
     seq_lens = torch.tensor([3000, 2049, 700, 15], dtype=torch.int32, device="cuda")
     k_pages, v_pages, table = _paginate(k, v, page_size, gen, seq_lens)
     out, lse = paged_flash_decode(q, k_pages, v_pages, table, seq_lens)
+    _check_decode(close_to_ref, out, lse, q, k, v, seq_lens, paged=(k_pages, v_pages, table))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page_size", [None, 16, 64])
+@pytest.mark.parametrize("tiles", [DecodeTiles(32, 4, 2), DecodeTiles(128, 4, 4),
+                                   DecodeTiles(64, 8, 3), DecodeTiles(64, 4, 1, prefetch=True)])
+def test_decode_tiles_gpu(tiles, page_size, gen, poison, close_to_ref):
+    # Every configuration the benchmark sweeps must be correct, not only the default.
+    q, k, v = _inputs(gen, 2, 1, 32, 8, 2000, 128, torch.bfloat16, "cuda")
+    seq_lens = torch.tensor([2000, 1111], dtype=torch.int32, device="cuda")
+    if page_size is None:
+        out, lse = flash_decode(q, k, v, seq_lens, num_splits=7, tiles=tiles)
+        _check_decode(close_to_ref, out, lse, q, k, v, seq_lens)
+        return
+    k_pages, v_pages, table = _paginate(k, v, page_size, gen, seq_lens)
+    out, lse = paged_flash_decode(q, k_pages, v_pages, table, seq_lens, num_splits=7,
+                                  tiles=tiles)
     _check_decode(close_to_ref, out, lse, q, k, v, seq_lens, paged=(k_pages, v_pages, table))

@@ -58,7 +58,7 @@ def _split_kv_decode_kernel(
     Q_LEN: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PREFETCH: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     kv_head = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
@@ -96,7 +96,18 @@ def _split_kv_decode_kernel(
     k_head = k_ptr + kv_head * stride_kh
     v_head = v_ptr + kv_head * stride_vh
 
-    for start_n in range(start, end, BLOCK_N):
+    # With PREFETCH, K/V are double-buffered in registers: iteration j issues the loads
+    # of tile j and computes tile j - 1, so a load is always in flight during the math
+    # (one extra, fully masked iteration at each end). Without it, Triton's software
+    # pipeliner stages the loads through shared memory instead.
+    loop_end = end
+    if PREFETCH:
+        k_prev = tl.zeros([BLOCK_N, BLOCK_D], k_ptr.dtype.element_ty)
+        v_prev = tl.zeros([BLOCK_N, BLOCK_D], v_ptr.dtype.element_ty)
+        cols_prev = start - BLOCK_N + offs_n
+        loop_end = end + BLOCK_N
+
+    for start_n in range(start, loop_end, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < end
         # Where do this tile's K/V rows live?
@@ -104,7 +115,8 @@ def _split_kv_decode_kernel(
             if PAGE_SIZE >= BLOCK_N:
                 # Tiles never straddle pages (split_len and PAGE_SIZE are multiples of
                 # BLOCK_N): one block-table entry per tile.
-                page = tl.load(block_table_ptr + batch * stride_tb + start_n // PAGE_SIZE)
+                page = tl.load(block_table_ptr + batch * stride_tb + start_n // PAGE_SIZE,
+                               mask=start_n < end, other=0)
             else:
                 page = tl.load(block_table_ptr + batch * stride_tb + cols // PAGE_SIZE,
                                mask=mask_n, other=0)
@@ -117,6 +129,11 @@ def _split_kv_decode_kernel(
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        if PREFETCH:
+            k, k_prev = k_prev, k
+            v, v_prev = v_prev, v
+            cols, cols_prev = cols_prev, cols
+            mask_n = (cols >= start) & (cols < end)
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -157,6 +174,7 @@ class DecodeTiles:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 3
+    prefetch: bool = False  # register double-buffering instead of the Triton pipeliner
 
 
 def default_tiles(head_dim: int, block_m: int) -> DecodeTiles:
@@ -250,7 +268,7 @@ def _decode(q, k, v, seq_lens, block_table, page_size, sm_scale, num_splits, til
         sm_scale * LOG2E, num_splits,
         Q_LEN=q_len, GROUP=group, HEAD_DIM=head_dim,
         BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        PAGED=paged, PAGE_SIZE=page_size if paged else 1,
+        PAGED=paged, PAGE_SIZE=page_size if paged else 1, PREFETCH=tiles.prefetch,
         UPCAST=interpreting(), DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )

@@ -1,0 +1,304 @@
+"""Benchmark of the decode kernels against torch SDPA and the device's copy bandwidth.
+
+    python -m twinfer.kernels.bench [--quick] [--sweep] [--json OUT] [--only decode,ops]
+
+Decode shapes: Llama-3-8B-like GQA (32 query heads, 8 KV heads, head_dim 128) and MHA
+(32/32), batch {1, 8, 32, 64} x context {1K, 8K, 32K, 128K}, bf16, every sequence at
+full context; shapes whose KV cache does not fit in free memory are skipped. For each:
+median time (triton.testing.do_bench, which clears L2 before every repetition; inputs
+smaller than 4x L2 are also rotated among copies), GB/s of K+V read, % of the measured
+device copy bandwidth (bytes read + written by a large device-to-device copy, same
+run), the ratio to torch SDPA (flash backend, ``enable_gqa=True``, q as [B, H, 1, D],
+same tensors) and the paged kernel (pages of 16 and 64 tokens, shuffled block table)
+relative to the contiguous one. ``--sweep`` adds the split-count and tile sweeps that
+chose the defaults. ``--only ops`` runs prefill / RMSNorm / RoPE (`bench_ops`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import itertools
+import json
+import sys
+import traceback
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+from twinfer.kernels.decode import DecodeTiles, flash_decode, paged_flash_decode
+
+GIB = 1 << 30
+DEVICE = "cuda"  # a module constant so that a CPU smoke test can swap it
+SHAPES = {"gqa": (32, 8, 128), "mha": (32, 32, 128)}  # q_heads, kv_heads, head_dim
+
+
+def time_ms(fn, quick=False) -> float:
+    """Median milliseconds of fn() (L2 cleared before every repetition)."""
+    warmup, rep = (10, 30) if quick else (25, 100)
+    return float(do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5]))
+
+
+def rotating(make, nbytes: int):
+    """Copies of the inputs from make(), enough that consecutive calls touch > 4x L2."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size if DEVICE == "cuda" else 1 << 20
+    count = 1 if nbytes >= 4 * l2 else min(16, -(-4 * l2 // max(nbytes, 1)))
+    sets = [make() for _ in range(count)]
+    cycle = itertools.cycle(sets)
+    return sets, lambda: next(cycle)
+
+
+def device_info() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name, "sms": props.multi_processor_count,
+        "memory_gib": round(props.total_memory / GIB, 1), "l2_mib": props.L2_cache_size >> 20,
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def copy_bandwidth(quick: bool) -> dict:
+    """Device-to-device copy of a 2 GiB buffer: bytes read + written per second."""
+    nbytes = GIB if quick else 2 * GIB
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=DEVICE).normal_()
+    dst = torch.empty_like(src)
+    ms = time_ms(functools.partial(dst.copy_, src), quick)
+    return {"bytes": nbytes, "ms": ms, "gbps": 2 * nbytes / ms / 1e6}
+
+
+def _decode_inputs(batch, q_heads, kv_heads, ctx, head_dim):
+    q = torch.randn(batch, q_heads, head_dim, dtype=torch.bfloat16, device=DEVICE)
+    k = torch.randn(batch, kv_heads, ctx, head_dim, dtype=torch.bfloat16, device=DEVICE)
+    return q, k, torch.randn_like(k)
+
+
+def _paged_inputs(batch, kv_heads, ctx, head_dim):
+    """Random K and V pages of 16 tokens; a 64-token layout is a view of the same memory."""
+    shape = (batch * ctx // 16, 16, kv_heads, head_dim)
+    k = torch.randn(shape, dtype=torch.bfloat16, device=DEVICE)
+    return k, torch.randn_like(k)
+
+
+def _table(batch, ctx, page_size, gen):
+    """A shuffled block table: logically consecutive pages are scattered in memory."""
+    blocks = ctx // page_size
+    table = torch.randperm(batch * blocks, generator=gen).view(batch, blocks)
+    return table.to(device=DEVICE, dtype=torch.int32)
+
+
+def _sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q.unsqueeze(2), k, v,
+                                          enable_gqa=q.shape[1] != k.shape[1]).squeeze(2)
+
+
+def _contiguous_phase(row, dims, seq_lens, kv_bytes, quick):
+    """Triton on a contiguous cache, then SDPA (flash) on the very same tensors."""
+    sets, nxt = rotating(lambda: _decode_inputs(*dims), kv_bytes)
+    row["triton_us"] = 1e3 * time_ms(lambda: flash_decode(*nxt(), seq_lens), quick)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            row["sdpa_us"] = 1e3 * time_ms(lambda: _sdpa(*nxt()), quick)
+            ref = _sdpa(*sets[0])
+        row["speedup"] = row["sdpa_us"] / row["triton_us"]
+        out, _ = flash_decode(*sets[0], seq_lens)
+        row["max_diff_vs_sdpa"] = (out.float() - ref.float()).abs().max().item()
+    except RuntimeError as err:  # e.g. no flash backend for this shape
+        row["sdpa_error"] = str(err).splitlines()[0][:200]
+    return sets[0][0]
+
+
+def _paged_phase(row, q, dims, seq_lens, kv_bytes, quick, page_sizes):
+    """The paged kernel on freshly drawn pages (the tests check values, not this)."""
+    batch, _, kv_heads, ctx, head_dim = dims
+    gen = torch.Generator().manual_seed(0)
+    sets, nxt = rotating(lambda: _paged_inputs(batch, kv_heads, ctx, head_dim), kv_bytes)
+    for page_size in page_sizes:
+        table = _table(batch, ctx, page_size, gen)
+
+        def paged_fn(page_size=page_size, table=table):
+            k16, v16 = nxt()
+            k_pages = k16.view(-1, page_size, kv_heads, head_dim)
+            v_pages = v16.view(-1, page_size, kv_heads, head_dim)
+            return paged_flash_decode(q, k_pages, v_pages, table, seq_lens)
+
+        row[f"paged{page_size}_us"] = 1e3 * time_ms(paged_fn, quick)
+        row[f"paged{page_size}_vs_contig"] = row[f"paged{page_size}_us"] / row["triton_us"]
+
+
+def bench_decode_shape(name, batch, ctx, copy_gbps, quick, page_sizes=(16, 64)) -> dict:
+    q_heads, kv_heads, head_dim = SHAPES[name]
+    dims = (batch, q_heads, kv_heads, ctx, head_dim)
+    kv_bytes = 2 * batch * kv_heads * ctx * head_dim * 2
+    row = {"shape": name, "batch": batch, "ctx": ctx, "kv_gib": kv_bytes / GIB}
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=DEVICE)
+    q = _contiguous_phase(row, dims, seq_lens, kv_bytes, quick)
+    row["gbps"] = kv_bytes / row["triton_us"] / 1e3
+    row["pct_copy"] = 100 * row["gbps"] / copy_gbps
+    torch.cuda.empty_cache()
+    _paged_phase(row, q, dims, seq_lens, kv_bytes, quick, page_sizes)
+    torch.cuda.empty_cache()
+    return row
+
+
+def fits(name, batch, ctx) -> bool:
+    _, kv_heads, head_dim = SHAPES[name]
+    kv_bytes = 2 * batch * kv_heads * ctx * head_dim * 2
+    free, _ = torch.cuda.mem_get_info()
+    return kv_bytes * 1.1 + 2 * GIB < free
+
+
+def _split_row(name, batch, ctx):
+    q_heads, kv_heads, head_dim = SHAPES[name]
+    q, k, v = _decode_inputs(batch, q_heads, kv_heads, ctx, head_dim)
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=DEVICE)
+    run = functools.partial(flash_decode, q, k, v, seq_lens)
+    times = {s: 1e3 * time_ms(functools.partial(run, num_splits=s), True)
+             for s in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)}
+    best = min(times, key=times.get)
+    return {"shape": name, "batch": batch, "ctx": ctx, "us_by_splits": times,
+            "best_splits": best, "default_us": 1e3 * time_ms(run, True)}
+
+
+def sweep_splits() -> list[dict]:
+    """Time stage 1 + merge for split counts 1..128 (the heuristic's ground truth)."""
+    rows = []
+    cases = [("gqa", b, c) for b in (1, 8, 32) for c in (1024, 8192, 32768, 131072)]
+    cases += [("mha", b, c) for b in (1, 8) for c in (8192, 32768)]
+    for name, batch, ctx in cases:
+        if fits(name, batch, ctx):
+            rows.append(_split_row(name, batch, ctx))
+            r = rows[-1]
+            print(f"splits {name} b={batch} ctx={ctx}: best {r['best_splits']} "
+                  f"({r['us_by_splits'][r['best_splits']]:.1f} us), default "
+                  f"{r['default_us']:.1f} us", flush=True)
+            torch.cuda.empty_cache()
+    return rows
+
+
+TILE_SWEEP = {
+    "contiguous": [DecodeTiles(n, 4, st) for n in (32, 64, 128) for st in (2, 3, 4)]
+    + [DecodeTiles(64, 8, 3), DecodeTiles(128, 8, 3)],
+    "paged16": [DecodeTiles(n, 4, st) for n in (64, 128) for st in (2, 3, 4)]
+    + [DecodeTiles(n, 4, 1, prefetch=True) for n in (32, 64)],
+    "paged64": [DecodeTiles(64, 4, 3), DecodeTiles(128, 4, 3),
+                DecodeTiles(64, 4, 1, prefetch=True)],
+}
+
+
+def _tile_rows(name, batch, ctx):
+    q_heads, kv_heads, head_dim = SHAPES[name]
+    q, k, v = _decode_inputs(batch, q_heads, kv_heads, ctx, head_dim)
+    k16, v16 = _paged_inputs(batch, kv_heads, ctx, head_dim)
+    gen = torch.Generator().manual_seed(0)
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=DEVICE)
+    runs = {
+        "contiguous": functools.partial(flash_decode, q, k, v, seq_lens),
+        "paged16": functools.partial(paged_flash_decode, q, k16, v16,
+                                     _table(batch, ctx, 16, gen), seq_lens),
+        "paged64": functools.partial(
+            paged_flash_decode, q, k16.view(-1, 64, kv_heads, head_dim),
+            v16.view(-1, 64, kv_heads, head_dim), _table(batch, ctx, 64, gen), seq_lens),
+    }
+    rows = []
+    for layout, configs in TILE_SWEEP.items():
+        for tiles in configs:
+            row = {"shape": name, "batch": batch, "ctx": ctx, "layout": layout,
+                   "tiles": [tiles.block_n, tiles.num_warps, tiles.num_stages, tiles.prefetch]}
+            try:
+                row["us"] = 1e3 * time_ms(functools.partial(runs[layout], tiles=tiles), True)
+                print(f"tiles {name} b={batch} ctx={ctx} {layout} {tiles}: {row['us']:.1f} us",
+                      flush=True)
+            except Exception as err:  # out of shared memory, for instance
+                row["error"] = str(err).splitlines()[0][:200]
+            rows.append(row)
+    return rows
+
+
+def sweep_tiles() -> list[dict]:
+    """Time stage-1 tile configurations on a few shapes, contiguous and paged."""
+    rows = []
+    for name, batch, ctx in (("gqa", 1, 32768), ("gqa", 32, 8192), ("mha", 8, 32768)):
+        rows += _tile_rows(name, batch, ctx)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_decode_table(rows) -> None:
+    head = (f"{'shape':5} {'batch':>5} {'ctx':>7} {'triton_us':>10} {'GB/s':>7} {'%copy':>6} "
+            f"{'sdpa_us':>9} {'x_sdpa':>7} {'pg16/c':>7} {'pg64/c':>7}")
+    print(head)
+    for r in rows:
+        print(f"{r['shape']:5} {r['batch']:>5} {r['ctx']:>7} {r['triton_us']:>10.1f} "
+              f"{r['gbps']:>7.0f} {r['pct_copy']:>6.1f} {r.get('sdpa_us', float('nan')):>9.1f} "
+              f"{r.get('speedup', float('nan')):>7.2f} {r.get('paged16_vs_contig', 0):>7.3f} "
+              f"{r.get('paged64_vs_contig', 0):>7.3f}", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing")
+    parser.add_argument("--sweep", action="store_true", help="also sweep splits and tiles")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--only", default="decode,ops", help="comma list: decode, ops")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    sections = set(args.only.split(","))
+    results = {"device": device_info()}
+
+    def save():
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=1)
+
+    print(results["device"], flush=True)
+    results["copy"] = copy_bandwidth(args.quick)
+    print(f"copy bandwidth (read+write): {results['copy']['gbps']:.0f} GB/s", flush=True)
+    save()
+    # Each section runs on its own: a failure is recorded and the next section still runs.
+    steps = []
+    if "decode" in sections:
+        steps.append(("decode", lambda: decode_table(args.quick, results["copy"]["gbps"], save,
+                                                      results)))
+    if args.sweep:
+        steps += [("sweep_splits", sweep_splits), ("sweep_tiles", sweep_tiles)]
+    if "ops" in sections:
+        from twinfer.kernels.bench_ops import bench_ops
+
+        steps.append(("ops", lambda: bench_ops(args.quick, time_ms, DEVICE)))
+    failed = False
+    for key, step in steps:
+        try:
+            results[key] = step()
+        except Exception:  # keep the other sections' figures
+            results[f"{key}_error"] = traceback.format_exc()
+            print(results[f"{key}_error"], file=sys.stderr, flush=True)
+            failed = True
+        save()
+    return 1 if failed else 0
+
+
+def decode_table(quick, copy_gbps, save, results) -> list[dict]:
+    batches = (1, 32) if quick else (1, 8, 32, 64)
+    contexts = (1024, 32768) if quick else (1024, 8192, 32768, 131072)
+    rows = results.setdefault("decode", [])
+    for name, batch, ctx in itertools.product(SHAPES, batches, contexts):
+        if not fits(name, batch, ctx):
+            rows.append({"shape": name, "batch": batch, "ctx": ctx,
+                         "skipped": "does not fit in free memory"})
+            continue
+        rows.append(bench_decode_shape(name, batch, ctx, copy_gbps, quick))
+        print_decode_table(rows[-1:])
+        save()
+    print_decode_table([r for r in rows if "skipped" not in r])
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
