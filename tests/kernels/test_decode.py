@@ -99,8 +99,9 @@ def test_paged_equals_contiguous(device, gen):
     q, k, v = _inputs(gen, 2, 1, 8, 2, 100, 80, LOWP, device)
     seq_lens = torch.tensor([100, 33], dtype=torch.int32, device=device)
     k_pages, v_pages, table = _paginate(k, v, 16, gen, seq_lens)
-    contiguous = flash_decode(q, k, v, seq_lens, num_splits=3)
-    paged = paged_flash_decode(q, k_pages, v_pages, table, seq_lens, num_splits=3)
+    tiles = DecodeTiles(16, num_stages=1)
+    contiguous = flash_decode(q, k, v, seq_lens, num_splits=3, tiles=tiles)
+    paged = paged_flash_decode(q, k_pages, v_pages, table, seq_lens, num_splits=3, tiles=tiles)
     torch.testing.assert_close(paged, contiguous, rtol=0, atol=0)
 
 
