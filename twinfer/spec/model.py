@@ -212,7 +212,9 @@ def model_from_hf_config(path: str | Path, name: str | None = None) -> ModelSpec
         vocab=cfg["vocab_size"],
         dtype=dtype,
         norm_eps=cfg.get("rms_norm_eps", 1e-5),
-        rope_theta=cfg.get("rope_theta", 10000.0),
+        # transformers >= 5 writes it under rope_parameters
+        rope_theta=cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get(
+            "rope_theta", 10000.0),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         max_position=cfg.get("max_position_embeddings", 131072),
     )
