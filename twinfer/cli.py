@@ -170,6 +170,33 @@ def compare(
         console.print(f"wrote {cmp.plot_comparison(found[0], plot)}", highlight=False)
 
 
+@app.command()
+@user_errors
+def search(
+    scenario: str = typer.Argument(..., help="scenario YAML or shipped name"),
+    gpus: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--gpus", help="TYPE:COUNT[,TYPE:COUNT] (default: the scenario's cluster)"),
+    objective: str = typer.Option("tpot", "--objective", help="tpot, tps or cost"),
+    slo: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--slo", help="ttft=SECONDS,tpot=SECONDS (or 40ms)"),
+    out: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--out", help="write the chosen layout as a scenario YAML"),
+    workers: int = typer.Option(0, "--workers", help="local processes (0: one per core)"),
+) -> None:
+    """Search layouts: fast path over every candidate, SimPy on the best, Pareto front."""
+    from twinfer.search_mpi import run_search
+    from twinfer.sim.search import SearchOptions
+    from twinfer.sim.search_report import parse_slo
+
+    if objective not in ("tpot", "tps", "cost"):
+        raise SpecError("--objective", f"unknown objective {objective!r}",
+                        "use tpot, tps or cost")
+    limits = parse_slo(slo)
+    opts = SearchOptions(objective=objective, slo_ttft_s=limits.get("ttft"),
+                         slo_tpot_s=limits.get("tpot"), workers=workers)
+    run_search(scenario, opts, gpus, out)
+
+
 def main(argv: Optional[list[str]] = None) -> None:  # noqa: UP045
     """Console-script entry point."""
     app(args=argv if argv is not None else sys.argv[1:], prog_name="twinfer")

@@ -30,3 +30,32 @@ def mpi_pool() -> Iterator[Executor | None]:
 
     with MPICommExecutor(MPI.COMM_WORLD, root=0) as executor:
         yield executor
+
+
+def run_search(scenario_source: str, opts, gpus: str | None = None,
+               out: str | None = None) -> None:
+    """What ``twinfer search`` does: load, search (over MPI ranks under mpirun, else
+    local processes), print the Pareto front, write the chosen scenario."""
+    from rich.console import Console
+
+    from twinfer.sim.search import on_cluster, parse_gpus, search
+    from twinfer.sim.search_report import print_search, write_chosen
+    from twinfer.spec import load_scenario
+
+    console = Console()
+    scenario = load_scenario(scenario_source)
+    if gpus:
+        scenario = on_cluster(scenario, parse_gpus(gpus))
+
+    def report(result) -> None:
+        print_search(console, result)
+        if out:
+            command = write_chosen(result, out)
+            console.print(f"wrote {out}\nexecute it with:\n  {command}", highlight=False)
+
+    if under_mpirun():
+        with mpi_pool() as executor:
+            if executor is not None:  # rank 0; the others served the chunks
+                report(search(scenario, opts, executor, progress=console.print))
+        return
+    report(search(scenario, opts, progress=console.print))
