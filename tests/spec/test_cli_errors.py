@@ -25,8 +25,9 @@ CASES = [
                                 "layout": {"kind": "uniform", "tp": 1}}, "needs"),
     ("unknown GPU type", {**GOOD, "cluster": {"nodes": [{"gpu": "tpu-v9", "count": 2}]}},
      "cluster.nodes.0.gpu"),
-    ("layout the twin does not simulate",
-     {**GOOD, "layout": {"kind": "kv_sharded", "tp": 2}}, "layout.kind"),
+    ("request longer than the model's positions",
+     {**GOOD, "workload": {"requests": 1, "prompt_tokens": 9000, "output_tokens": 4}},
+     "workload"),
 ]
 
 

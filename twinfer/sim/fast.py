@@ -183,6 +183,7 @@ def _batch_pipeline(twin: Twin, i: int, lanes: list[list[Request]], rec: RunReco
                 link_free[s] = t
                 stats[s].send_s += sends[s]
         ready[k] = t
+        rec.tokens_emitted += len(events)
         for rid, tokens in events:
             rec.tokens[rid] = tokens
             if tokens == 1:
@@ -224,6 +225,7 @@ def _steady_lane(twin: Twin, pipe: PipelineModel, reqs: list[Request], cap: tupl
         rec.first_token_s[req.rid] = req.arrival_s + ttft
         rec.finish_s[req.rid] = req.arrival_s + ttft + (req.output_tokens - 1) * tpot
         rec.tokens[req.rid] = req.output_tokens
+        rec.tokens_emitted += req.output_tokens
     busy_share = len(reqs) * mean_o / nn  # decode steps the lane takes
     _, _, times, comms = _period(pipe, StepBatch(nn, round(nn * (mean_p + mean_o / 2)), (), 0, nn))
     for s, st in enumerate(stats):

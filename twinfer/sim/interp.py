@@ -67,7 +67,9 @@ class LogLogSeries:
         lx = math.log(x)
         x0, x1 = self._lx[i - 1], self._lx[i]
         t0, t1 = self._lt[i - 1], self._lt[i]
-        return math.exp(t0 + (t1 - t0) * (lx - x0) / (x1 - x0)), INSIDE
+        t = math.exp(t0 + (t1 - t0) * (lx - x0) / (x1 - x0))
+        # clamp away exp/log rounding so the curve stays monotone to the last bit
+        return min(max(t, self.ts[i - 1]), self.ts[i]), INSIDE
 
 
 class LogLogGrid:
@@ -93,6 +95,7 @@ class LogLogGrid:
         self.a_vals, self.b_vals = a_vals, b_vals
         self._la = [math.log(a) for a in a_vals]
         self._lb = [math.log(b) for b in b_vals]
+        self._t = grid
         self._lt = [[math.log(t) for t in row] for row in grid]
 
     @staticmethod
@@ -120,4 +123,5 @@ class LogLogGrid:
         j1 = min(j + 1, len(lt[0]) - 1)
         low = lt[i][j] + (lt[i][j1] - lt[i][j]) * wb
         high = lt[i1][j] + (lt[i1][j1] - lt[i1][j]) * wb
-        return math.exp(low + (high - low) * wa), where_a, where_b
+        t = min(max(math.exp(low + (high - low) * wa), self._t[i][j]), self._t[i1][j1])
+        return t, where_a, where_b

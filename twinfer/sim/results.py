@@ -86,6 +86,7 @@ class SimResult:
     provenance: list[str]
     warnings: list[str]
     steps: int
+    generated_tokens: int = 0  # counted by the engine step by step (== output_tokens)
     wall_s: float = 0.0
     per_request: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 

@@ -93,7 +93,7 @@ def result_from_run(twin: Twin, record: RunRecord) -> SimResult:
         comm_share=weighted_comm / weighted_busy if weighted_busy else 0.0,
         gpus=gpus, links=links, profiles=profile_summaries(twin),
         provenance=twin.provenance.lines(), warnings=list(twin.warnings), steps=record.steps,
-        per_request=per_req)
+        generated_tokens=record.tokens_emitted, per_request=per_req)
 
 
 def profile_summaries(twin: Twin) -> dict[str, dict[str, str]]:

@@ -1,0 +1,117 @@
+"""The execution-time predictor against numbers worked out by hand (toy profile:
+1 TB/s copy, 100 TFLOP/s, all-reduce alpha 10 us at 100 GB/s)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_profile
+
+from twinfer.sim.cost import CostModel, ring_traffic
+from twinfer.sim.stage import StageCost, StageSpec, StepBatch
+from twinfer.spec import LinkSpec, SpecError, model_preset
+
+approx = pytest.approx
+
+
+def test_gemm_roofline_without_samples(toy_profile):
+    c = CostModel(toy_profile, "bf16")
+    # m=1: memory-bound, (1*4096 + 4096*4096 + 1*4096) * 2 bytes at 1 TB/s
+    assert c.gemm_s(1, 4096, 4096) == approx(33_570_816 / 1e12)
+    # 8192^3: compute-bound, 2 m n k at 100 TFLOP/s
+    assert c.gemm_s(8192, 8192, 8192) == approx(2 * 8192**3 / 100e12)
+    assert any("roofline from peaks (no samples)" in line for line in c.provenance.lines())
+
+
+def test_gemm_interpolates_measured_shape_and_scales_beyond():
+    samples = [{"m": 1, "n": 1024, "k": 1024, "time_s": 10e-6},
+               {"m": 100, "n": 1024, "k": 1024, "time_s": 1000e-6}]
+    c = CostModel(make_profile(ops={"gemm": {"dtype": "bf16", "samples": samples}}), "bf16")
+    assert c.gemm_s(10, 1024, 1024) == approx(100e-6)  # halfway in log m: geometric mean
+    assert c.gemm_s(1, 1024, 1024) == approx(10e-6)
+    # beyond m=100: the m=100 time grown like the roofline whose memory ceiling is the
+    # best memory-bound sample (m=1: 2,101,248 bytes in 10 us)
+    bw = (1024 + 1024 * 1024 + 1024) * 2 / 10e-6
+
+    def roofline(m):
+        return max(2 * m * 1024 * 1024 / 100e12, (m * 1024 * 2 + 1024 * 1024) * 2 / bw)
+
+    assert c.gemm_s(1000, 1024, 1024) == approx(1000e-6 * roofline(1000) / roofline(100))
+    # an unmeasured shape: that roofline directly, and the provenance says so
+    assert c.gemm_s(1, 2048, 1024) == approx(roofline_shape(1, 2048, 1024, bw))
+    lines = "\n".join(c.provenance.lines())
+    assert "interpolated over 2 measured m" in lines
+    assert "outside measured range [1, 100]" in lines
+    assert "n=2048 k=1024: roofline from achieved ceilings" in lines
+
+
+def roofline_shape(m, n, k, bw):
+    return max(2 * m * n * k / 100e12, (m * k + k * n + m * n) * 2 / bw)
+
+
+def test_attention_rooflines(toy_profile):
+    c = CostModel(toy_profile, "bf16")
+    # decode: batch 4 over 1000 tokens, 8 q / 2 kv heads of 128: K+V read + q in/out
+    assert c.decode_attention_s(4, 1000, 8, 2, 128) == approx(
+        (2 * 4 * 1000 * 2 + 2 * 4 * 8) * 128 * 2 / 1e12)
+    # prefill of 1000 tokens: 2 n^2 h d causal FLOPs at 100 TFLOP/s
+    assert c.prefill_attention_s(1000, 8, 2, 128) == approx(2 * 1000**2 * 8 * 128 / 100e12)
+    # a chunk of 500 after 500 cached: f(1000) - f(500)
+    assert c.prefill_chunk_s(500, 500, 8, 2, 128) == approx(
+        (2 * 1000**2 - 2 * 500**2) * 8 * 128 / 100e12)
+    assert c.elementwise_s(1e6) == approx(1e-6)
+
+
+def test_decode_attention_grid_samples():
+    samples = [{"batch": b, "context": ctx, "q_heads": 8, "kv_heads": 2, "head_dim": 128,
+                "time_s": t} for (b, ctx), t in {(1, 1024): 10e-6, (1, 4096): 40e-6,
+                                                 (16, 1024): 80e-6, (16, 4096): 320e-6}.items()]
+    c = CostModel(make_profile(ops={"decode_attention": {"samples": samples}}), "bf16")
+    assert c.decode_attention_s(4, 2048, 8, 2, 128) == approx((10e-6 * 320e-6) ** 0.5)
+    assert c.decode_attention_s(32, 4096, 8, 2, 128) == approx(2 * 320e-6)  # linear beyond
+
+
+def test_collectives_alpha_beta_and_ring_derivation(toy_profile):
+    c = CostModel(toy_profile, "bf16")
+    assert c.collective_s("all_reduce", 1e6, 2, "nvlink") == approx(10e-6 + 1e6 / 100e9)
+    # 4 ranks from the 2-rank line: bus bandwidth 100 GB/s x 2(2-1)/2, traffic 2(4-1)/4
+    assert c.collective_s("all_reduce", 1e6, 4, "nvlink") == approx(10e-6 + 1.5e6 / 100e9)
+    assert c.collective_s("reduce_scatter", 1e6, 2, "nvlink") == approx(10e-6 + 0.5e6 / 100e9)
+    assert c.collective_s("all_gather", 1e6, 4, "nvlink") == approx(10e-6 + 3e6 / 100e9)
+    assert c.collective_s("send_recv", 1e6, 2, "infiniband") == approx(5e-6 + 1e6 / 10e9)
+    assert c.collective_s("all_reduce", 1e6, 1, "nvlink") == 0.0
+    assert ring_traffic("broadcast", 8) == 1.0
+
+
+def test_collective_samples_in_range_and_beyond():
+    fit = {"alpha_s": 10e-6, "bytes_per_s": 50e9,
+           "samples": [{"bytes": 1000, "time_s": 10e-6}, {"bytes": 10**6, "time_s": 40e-6}]}
+    c = CostModel(make_profile(collectives={"nvlink": {"all_reduce": {"2": fit}}}), "bf16")
+    mid = (1000 * 10**6) ** 0.5
+    assert c.collective_s("all_reduce", mid, 2, "nvlink") == approx(20e-6)
+    assert c.collective_s("all_reduce", 1e9, 2, "nvlink") == approx(40e-6 + (1e9 - 1e6) / 50e9)
+    assert c.collective_s("all_reduce", 100, 2, "nvlink") == approx(10e-6)
+
+
+def test_link_override_and_missing_link(toy_profile):
+    c = CostModel(toy_profile, "bf16", links={"nvlink": LinkSpec(bw_gbps=50, latency_us=2)})
+    assert c.collective_s("all_reduce", 1e6, 4, "nvlink") == approx(2e-6 + 1.5e6 / 50e9)
+    with pytest.raises(SpecError, match="cluster.links.ethernet"):
+        c.collective_s("all_reduce", 1e6, 4, "ethernet")
+
+
+def test_missing_dtype_peak(toy_profile):
+    with pytest.raises(SpecError, match="peaks.matmul_flops_per_s"):
+        CostModel(toy_profile, "fp16")
+
+
+def test_decode_step_of_one_sequence_is_its_weight_read(toy_profile):
+    """Batch 1, short context: a TP=1 step streams every layer's weights and the LM head
+    once (the embedding lookup reads one row); the rest is within half a percent."""
+    model = model_preset("llama-3-8b")
+    stage = StageCost(StageSpec(model, 1, model.layers, "nvlink", True, True),
+                      CostModel(toy_profile, "bf16"))
+    t, comm = stage.step(StepBatch(1, 16, (), 0, 1))
+    weights = (model.layers * (model.params_per_layer - 2 * model.hidden)
+               + model.vocab * model.hidden) * 2
+    assert comm == 0.0
+    assert weights / 1e12 <= t <= 1.005 * weights / 1e12

@@ -1,0 +1,36 @@
+"""Monotone log-log interpolation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from twinfer.sim.interp import ABOVE, BELOW, INSIDE, LogLogGrid, LogLogSeries
+
+
+def test_series_is_linear_in_log_log_and_exact_at_points():
+    s = LogLogSeries([(1, 10e-6), (100, 1000e-6)])
+    assert s.at(1) == (10e-6, INSIDE)
+    assert s.at(100) == (pytest.approx(1000e-6), INSIDE)
+    t, where = s.at(10)  # halfway in log x: the geometric mean of the times
+    assert where == INSIDE and t == pytest.approx(100e-6)
+    assert s.at(0.5) == (10e-6, BELOW)
+    assert s.at(1000)[1] == ABOVE
+
+
+def test_noisy_samples_become_monotone():
+    s = LogLogSeries([(1, 5.0), (2, 4.0), (4, 6.0), (4, 7.0)])
+    assert s.ts == [5.0, 5.0, 7.0]  # running maximum; duplicates keep the slowest
+    values = [s.at(x)[0] for x in (1, 1.5, 2, 3, 4)]
+    assert values == sorted(values)
+
+
+def test_grid_is_bilinear_in_log_space_and_monotone():
+    pts = {(1, 100): 1.0, (1, 10000): 100.0, (100, 100): 10.0, (100, 10000): 1000.0}
+    g = LogLogGrid(pts)
+    t, wa, wb = g.at(10, 1000)
+    assert (wa, wb) == (INSIDE, INSIDE)
+    assert t == pytest.approx(math.sqrt(1.0 * 1000.0))
+    assert g.at(1000, 50) == (pytest.approx(10.0), ABOVE, BELOW)
+    assert not LogLogGrid.is_grid([(1, 1), (2, 2)])
