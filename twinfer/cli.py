@@ -92,6 +92,8 @@ def exec_(
                                  help="scenario: honor arrival times; batch: all at t=0"),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs",
                                      help="replay decode steps from CUDA graphs on GPU"),
+    compare_after: bool = typer.Option(False, "--compare", help="then simulate the same "
+                                       "scenario and print predicted vs measured"),
 ) -> None:
     """Run a scenario's layout for real under MPI (starts mpiexec unless inside one)."""
     from twinfer.exec.launch import ExecArgs, run
@@ -102,6 +104,20 @@ def exec_(
                         arrivals=arrivals, cuda_graphs=cuda_graphs))
     if code:
         raise typer.Exit(code)
+    if compare_after and _is_rank_zero():
+        from twinfer.compare import compare_file, comparison_table
+
+        console.print(comparison_table(compare_file(out)))
+
+
+def _is_rank_zero() -> bool:
+    """Outside an MPI job, or rank 0 inside one (the rank that wrote the results)."""
+    import os
+
+    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"):
+        if name in os.environ:
+            return os.environ[name] == "0"
+    return True
 
 
 @app.command()

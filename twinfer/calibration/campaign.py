@@ -1,0 +1,286 @@
+"""The validation campaign: calibrate, fit overheads, run the matrix, tabulate the errors.
+
+``python -m twinfer.calibration.campaign --out OUT`` on the device machine (from a
+checkout with ``PYTHONPATH=.``; needs torch, triton, mpi4py, numpy, pydantic, simpy,
+pyyaml; rich is optional):
+
+1. **calibrate** the visible device (collectives when two or more GPUs are visible)
+   into ``OUT/profiles/<name>.json`` and ``OUT/plots/<name>.png`` (resumable);
+2. **overheads**: two short TP=1 executor runs of the model with a quarter and all of
+   its layers (``OUT/overheads/``), whose step timelines fit ``overheads.step_s`` and
+   ``per_layer_s`` into the profile (``calibrate --from-exec``) - runs outside the
+   validation matrix, so the matrix is not fitted to itself;
+3. **matrix**: {TP=1, TP=2, PP=2 where the GPUs allow} x batch {1, 16, 64} x context
+   {512, 4K, 32K} with random bf16 weights, ``--output-tokens`` each, every request
+   arriving at once; a point whose KV cache the twin's memory plan cannot hold for
+   the whole batch at once is skipped and said so. Results go to
+   ``OUT/results/<name>/<layout>_b<batch>_c<context>.json``;
+4. ``OUT/validation_table.md``: the Markdown matrix (``twinfer compare --table``).
+
+Every stage skips what OUT already holds, and no executor run starts past
+``--time-budget-s``, so the campaign can be run again to finish what a time-boxed run
+left. On CPU (``--device cpu``) the same steps run on the tiny model with two ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
+RUN_ESTIMATE_S = 90.0  # assumed length of an executor run until one has been timed
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    out: Path
+    device: str  # "cuda" or "cpu"
+    model: str
+    layouts: tuple[str, ...]
+    batches: tuple[int, ...]
+    contexts: tuple[int, ...]
+    output_tokens: int
+    stages: tuple[str, ...]
+    time_budget_s: float
+    calibrate_budget_s: float
+    quick: bool
+
+
+def _say(text: str) -> None:
+    print(f"[campaign] {text}", file=sys.stderr, flush=True)
+
+
+def matrix_scenario(cfg: CampaignConfig, profile: str, link: str, point: tuple) -> dict:
+    """The scenario of one matrix point (or overhead run): ``point`` is
+    (layout, batch, context, layers or 0 for the model's own)."""
+    from twinfer.spec import model_preset
+
+    layout, batch, context, layers = point
+    tp, pp = LAYOUTS[layout]
+    base = model_preset(cfg.model)
+    model: dict = {"preset": cfg.model}
+    if context + cfg.output_tokens > base.max_position:
+        model["max_position"] = context + cfg.output_tokens
+    if layers:
+        model["layers"] = layers
+    return {
+        "name": f"{cfg.model}_{layout}_b{batch}_c{context}" + (f"_L{layers}" if layers else ""),
+        "description": f"twinfer validation campaign on {profile}",
+        "model": model,
+        "cluster": {"nodes": [{"name": "node0", "gpu": profile, "count": tp * pp,
+                               "intra_link": link}]},
+        "layout": {"kind": "uniform", "tp": tp, "pp": pp},
+        "workload": {"requests": batch, "prompt_tokens": context,
+                     "output_tokens": cfg.output_tokens, "arrival": {"kind": "batch"},
+                     "seed": 0},
+        "scheduler": {"max_running": max(256, batch),
+                      "max_prefill_tokens": max(8192, context)},
+    }
+
+
+def kv_fits(doc: dict, profile_path: Path) -> str:
+    """'' if the twin's memory plan holds the whole batch's KV at once, else why not."""
+    from twinfer.sim.twin import build_twin
+    from twinfer.spec import SpecError, scenario_from_dict
+
+    try:
+        scenario = scenario_from_dict(doc)
+        twin = build_twin(scenario, str(profile_path))
+    except SpecError as exc:
+        return str(exc)
+    need = doc["workload"]["requests"] * (doc["workload"]["prompt_tokens"]
+                                          + doc["workload"]["output_tokens"])
+    have = min(g.kv_tokens for m in twin.memory for g in m.gpus)
+    return "" if have >= need else f"KV for {need} tokens, the cache holds {have}"
+
+
+def run_exec(scenario: Path, out: Path, device: str, timeout_s: float) -> tuple[int, str]:
+    """``python -m twinfer.exec`` (which starts mpiexec); returns (exit code, output tail)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    if device == "cpu":
+        env["OMP_NUM_THREADS"] = "1"  # as calibrated: one thread per rank
+    argv = [sys.executable, "-m", "twinfer.exec", str(scenario), "--device", device,
+            "--arrivals", "batch", "--out", str(out)]
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True,
+                              timeout=max(30.0, timeout_s))
+    except subprocess.TimeoutExpired:
+        return 124, f"timed out after {timeout_s:.0f} s"
+    return proc.returncode, "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
+
+
+class Runner:
+    """Executor runs against one deadline, each timed so the next can be budgeted."""
+
+    def __init__(self, cfg: CampaignConfig, start_s: float) -> None:
+        self.cfg, self.deadline = cfg, start_s + cfg.time_budget_s
+        self.timed_s: list[float] = []
+        self.log: list[dict] = []
+
+    def run(self, doc: dict, out: Path) -> bool:
+        """Run one scenario unless its results exist or time is short; True if they exist."""
+        if out.exists():
+            self.log.append({"name": doc["name"], "status": "kept"})
+            return True
+        left = self.deadline - time.monotonic()
+        if left < (max(self.timed_s) if self.timed_s else RUN_ESTIMATE_S):
+            self.log.append({"name": doc["name"], "status": "skipped: time budget"})
+            return False
+        scen = out.with_suffix(".yaml")
+        scen.parent.mkdir(parents=True, exist_ok=True)
+        scen.write_text(json.dumps(doc, indent=1))  # JSON is YAML: no yaml dump needed
+        _say(f"exec {doc['name']} ({left:.0f} s left)")
+        t0 = time.monotonic()
+        code, tail = run_exec(scen, out, self.cfg.device, min(left, 600.0))
+        took = time.monotonic() - t0
+        self.timed_s.append(took)
+        self.log.append({"name": doc["name"], "status": "ok" if code == 0 else f"exit {code}",
+                         "wall_s": round(took, 1), **({"tail": tail} if code else {})})
+        if code:
+            _say(f"  failed (exit {code}): {tail}")
+        return code == 0 and out.exists()
+
+
+def stage_calibrate(cfg: CampaignConfig) -> tuple[Path, str, str]:
+    """(profile path, profile name, link kind) - calibrating unless it exists."""
+    from twinfer.calibration.calibrate import CalibrateOptions, calibrate, comm_ranks
+    from twinfer.calibration.device import default_name, link_kind
+    from twinfer.calibration.plot import plot_profile
+
+    name = default_name(cfg.device)
+    path = cfg.out / "profiles" / f"{name}.json"
+    ranks = comm_ranks(cfg.device, 0)
+    link = link_kind(cfg.device, ranks)
+    if "calibrate" in cfg.stages and not path.exists():
+        _say(f"calibrate {cfg.device} -> {path}")
+        profile, _ = calibrate(CalibrateOptions(out=path, device=cfg.device, quick=cfg.quick,
+                                                time_budget_s=cfg.calibrate_budget_s))
+        plot_profile(profile, cfg.out / "plots" / f"{name}.png")
+    if not path.exists():
+        raise SystemExit(f"no profile at {path}: run the calibrate stage first")
+    return path, name, link
+
+
+def stage_overheads(cfg: CampaignConfig, runner: Runner, profile: tuple) -> None:
+    from twinfer.calibration.overheads import fit_overheads_into
+    from twinfer.spec import model_preset
+
+    path, name, link = profile
+    layers = model_preset(cfg.model).layers
+    results = []
+    for count in sorted({max(1, layers // 4), layers}):
+        doc = matrix_scenario(cfg, name, link, ("tp1", 4, 256, count))
+        out = cfg.out / "overheads" / f"{doc['name']}.json"
+        if runner.run(doc, out):
+            results.append(out)
+    if results:
+        fit, _ = fit_overheads_into(results, path)
+        _say(fit.note([p.name for p in results]))
+
+
+def stage_matrix(cfg: CampaignConfig, runner: Runner, profile: tuple) -> None:
+    path, name, link = profile
+    gpus = _device_count(cfg.device)
+    for layout in cfg.layouts:
+        tp, pp = LAYOUTS[layout]
+        if tp * pp > gpus:
+            runner.log.append({"name": layout, "status": f"skipped: needs {tp * pp} GPUs"})
+            continue
+        for context in cfg.contexts:
+            for batch in cfg.batches:
+                doc = matrix_scenario(cfg, name, link, (layout, batch, context, 0))
+                out = cfg.out / "results" / name / f"{layout}_b{batch}_c{context}.json"
+                why = "" if out.exists() else kv_fits(doc, path)
+                if why:
+                    runner.log.append({"name": doc["name"], "status": f"skipped: {why}"})
+                    continue
+                runner.run(doc, out)
+
+
+def _device_count(device: str) -> int:
+    if device == "cpu":
+        return 2
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def write_table(cfg: CampaignConfig, profile_path: Path) -> None:
+    from twinfer.compare import validation_table
+
+    results = cfg.out / "results"
+    if results.is_dir() and any(results.rglob("*.json")):
+        table = validation_table([results], profile_path)
+        (cfg.out / "validation_table.md").write_text(table + "\n")
+        print(table)
+
+
+def parse_args(argv: list[str] | None = None) -> CampaignConfig:
+    p = argparse.ArgumentParser(prog="python -m twinfer.calibration.campaign",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--model", default="", help="default llama-3-8b (CPU: tiny)")
+    p.add_argument("--layouts", default="tp1,tp2,pp2")
+    p.add_argument("--batches", default="", help="default 1,16,64 (CPU: 1,4)")
+    p.add_argument("--contexts", default="", help="default 512,4096,32768 (CPU: 64,256)")
+    p.add_argument("--output-tokens", type=int, default=0, help="default 32 (CPU: 16)")
+    p.add_argument("--stages", default="calibrate,overheads,matrix")
+    p.add_argument("--time-budget-s", type=float, default=540.0,
+                   help="start no executor run after this many seconds")
+    p.add_argument("--calibrate-budget-s", type=float, default=240.0,
+                   help="stop the compute sweeps after this long (collectives follow)")
+    p.add_argument("--quick", action="store_true", help="quick calibration plan")
+    ns = p.parse_args(argv)
+    device = ns.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = device == "cuda"
+    return CampaignConfig(
+        out=ns.out, device=device, model=ns.model or ("llama-3-8b" if gpu else "tiny"),
+        layouts=tuple(x for x in ns.layouts.split(",") if x),
+        batches=tuple(int(x) for x in (ns.batches or ("1,16,64" if gpu else "1,4")).split(",")
+                      if x),
+        contexts=tuple(int(x) for x in (ns.contexts or ("512,4096,32768" if gpu else "64,256"))
+                       .split(",") if x),
+        output_tokens=ns.output_tokens or (32 if gpu else 16),
+        stages=tuple(x for x in ns.stages.split(",") if x), time_budget_s=ns.time_budget_s,
+        calibrate_budget_s=ns.calibrate_budget_s, quick=ns.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    bad = [x for x in cfg.layouts if x not in LAYOUTS]
+    if bad:
+        print(f"error: --layouts: unknown {bad[0]!r} (use {', '.join(LAYOUTS)})", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    profile = stage_calibrate(cfg)
+    runner = Runner(cfg, start)
+    if "overheads" in cfg.stages:
+        stage_overheads(cfg, runner, profile)
+    if "matrix" in cfg.stages:
+        stage_matrix(cfg, runner, profile)
+    write_table(cfg, profile[0])
+    log_path = cfg.out / "campaign.json"
+    log_path.write_text(json.dumps({"config": {k: str(v) for k, v in cfg.__dict__.items()},
+                                    "wall_s": round(time.monotonic() - start, 1),
+                                    "runs": runner.log}, indent=1))
+    for entry in runner.log:
+        _say(f"{entry['name']}: {entry['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
