@@ -17,9 +17,13 @@ import pickle
 import time
 
 import torch
-from mpi4py import MPI
 
 from twinfer.exec.groups import Groups
+
+try:
+    from mpi4py import MPI
+except ImportError:  # LocalControl needs no MPI
+    MPI = None
 
 PLAN_TAG = 7
 CPU_POLL_S = 2e-4
@@ -28,14 +32,14 @@ CPU_POLL_S = 2e-4
 class ControlPlane:
     """MPI messaging of one active rank. ``active`` spans every rank of the placement."""
 
-    def __init__(self, world: MPI.Comm, active: MPI.Comm, groups: Groups,
+    def __init__(self, world: object, active: object, groups: Groups,
                  device: torch.device) -> None:
         self.world, self.active, self.groups, self.device = world, active, groups, device
         self.rank = groups.rank
         self.driver = groups.driver
         self.followers = [r for r in groups.pipeline.gpus if r != groups.driver]
         self.poll_s = 0.0 if device.type == "cuda" else CPU_POLL_S
-        self._sends: list[tuple[MPI.Request, bytes]] = []
+        self._sends: list[tuple[object, bytes]] = []  # (MPI request, pickled plan)
 
     @property
     def is_driver(self) -> bool:
@@ -71,9 +75,36 @@ class ControlPlane:
         return int(self.active.allreduce(int(value), op=MPI.MIN))
 
 
-def poll_barrier(comm: MPI.Comm, poll_s: float) -> None:
+def poll_barrier(comm: object, poll_s: float) -> None:
     """A barrier that sleeps between polls instead of spinning (see module doc)."""
     req = comm.Ibarrier()
     while not req.Test():
         if poll_s:
             time.sleep(poll_s)
+
+
+class LocalControl:
+    """The control plane of a one-rank, one-stage run without MPI (tests, the benchmark's
+    single-GPU case): the driver is alone, so there is nobody to message."""
+
+    def __init__(self, groups: Groups, device: torch.device) -> None:
+        self.groups, self.device, self.rank, self.driver = groups, device, groups.rank, groups.rank
+        if len(groups.pipeline.gpus) != 1:
+            raise ValueError("LocalControl runs single-GPU pipelines only")
+
+    is_driver = True
+
+    def send_plan(self, plan: object) -> None:
+        pass
+
+    def recv_plan(self) -> object:
+        raise RuntimeError("a lone driver receives no plans")
+
+    def flush(self) -> None:
+        pass
+
+    def barrier(self) -> None:
+        pass
+
+    def agree_min(self, value: int) -> int:
+        return int(value)

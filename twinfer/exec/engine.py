@@ -15,11 +15,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import ceil
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from twinfer.exec.control import ControlPlane
 from twinfer.exec.graphs import DecodeGraphs, buckets_up_to
 from twinfer.exec.groups import Groups
 from twinfer.exec.kv_cache import (
@@ -36,7 +36,10 @@ from twinfer.exec.scheduler import BatchingConfig, Scheduler, Sequence
 from twinfer.exec.timing import StepTimer
 from twinfer.exec.tp import TPComm, part_for, shard_state
 from twinfer.exec.weights import CheckpointWeights, SeededWeights
-from twinfer.spec import ModelSpec, SchedulerSpec, SpecError
+from twinfer.spec import ModelSpec, PipelinePlan, SchedulerSpec, SpecError, StagePlan
+
+if TYPE_CHECKING:
+    from twinfer.exec.control import ControlPlane, LocalControl
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ def sample(logits: torch.Tensor, temperature: float, gen: torch.Generator | None
 
 
 class Engine:
-    def __init__(self, runner: StageRunner, control: ControlPlane, sched: SchedulerSpec,
-                 opts: EngineOptions, num_blocks: int) -> None:
+    def __init__(self, runner: StageRunner, control: ControlPlane | LocalControl,
+                 sched: SchedulerSpec, opts: EngineOptions, num_blocks: int) -> None:
         self.runner, self.control, self.sched = runner, control, sched
         self.opts, self.num_blocks = opts, num_blocks
         self.info: dict = {}
@@ -92,7 +95,7 @@ class Engine:
     # ---- build ---------------------------------------------------------------------
     @classmethod
     def build(cls, spec: ModelSpec, groups: Groups, sched: SchedulerSpec,
-              opts: EngineOptions, control: ControlPlane) -> Engine:
+              opts: EngineOptions, control: ControlPlane | LocalControl) -> Engine:
         device = control.device
         dtype = TORCH_DTYPES[spec.dtype]
         timer = StepTimer(device)
@@ -135,6 +138,18 @@ class Engine:
         engine = cls(runner, control, sched, opts, num_blocks)
         engine.info = info
         return engine
+
+    @classmethod
+    def local(cls, spec: ModelSpec, sched: SchedulerSpec, opts: EngineOptions,
+              device: torch.device) -> Engine:
+        """The whole model on one device, in this process: no MPI, no torch.distributed
+        (tests, and the benchmark's single-GPU runs)."""
+        from twinfer.exec.control import LocalControl
+
+        pipe = PipelinePlan((StagePlan((0,), 0, spec.layers),), 1)
+        groups = Groups(rank=0, pipeline_index=0, stage_index=0, pipeline=pipe, tp=None,
+                        to_prev=None, to_next=None)
+        return cls.build(spec, groups, sched, opts, LocalControl(groups, device))
 
     # ---- serve ---------------------------------------------------------------------
     def batching(self, seqs: list[Sequence]) -> BatchingConfig:

@@ -60,6 +60,17 @@ class ExecArgs:
     warmup: bool = True
     dump_logits: str | None = None
 
+    def __post_init__(self) -> None:
+        for flag, value, allowed in (("--device", self.device, ("auto", "cpu", "cuda")),
+                                     ("--arrivals", self.arrivals, ("scenario", "batch"))):
+            if value not in allowed:
+                raise SpecError(flag, f"unknown value {value!r}", f"use one of {allowed}")
+        if self.temperature < 0:
+            raise SpecError("--temperature", f"{self.temperature} is negative",
+                            "use 0 (greedy) or more")
+        if self.max_new_tokens < 1:
+            raise SpecError("--max-new-tokens", "must be at least 1", "give a positive count")
+
     def argv(self) -> list[str]:
         """The arguments that re-create these args in `twinfer.exec.__main__`."""
         out = [self.scenario, "--out", self.out, "--device", self.device, "--seed",

@@ -42,6 +42,8 @@ def rank_main(args: ExecArgs) -> int:
     try:
         session = open_session(args, world)
         report = session.serve(session.sequences(), session.serve_options())
+        if session.streamer is not None:
+            print(session.streamer.finish(), end="", flush=True)
         doc = session.collect(report)
         if doc is not None:
             from twinfer.exec.report import finish_run
@@ -103,6 +105,7 @@ class Session:
     engine: object = None  # Engine | None
     info: dict = field(default_factory=dict)
     reports: list = field(default_factory=list)  # rank 0: every rank's last ServeReport
+    streamer: object = None  # the driver's tokenizer while it streams --prompt output
 
     def sequences(self, requests: list[Request] | None = None) -> list[Sequence]:
         """This pipeline's share of the requests (rid modulo pipelines), as sequences."""
@@ -124,7 +127,7 @@ class Session:
         args, on_token = self.args, None
         if (args.stream and self.engine is not None and self.engine.control.is_driver
                 and self.config.prompt_ids is not None):
-            tok = tokenizer_for(args.tokenizer, self.scenario.model.vocab)
+            tok = self.streamer = tokenizer_for(args.tokenizer, self.scenario.model.vocab)
 
             def on_token(rid: int, token: int) -> None:
                 print(tok.stream(token), end="", flush=True)

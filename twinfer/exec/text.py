@@ -54,6 +54,10 @@ class ByteTokenizer:
         data = bytes([token]) if token < 256 else "\ufffd".encode()
         return self._stream.decode(data)
 
+    def finish(self) -> str:
+        """What an unfinished trailing character decodes to at the end of the stream."""
+        return self._stream.decode(b"", final=True)
+
 
 class HFTokenizer:
     """A Hugging Face tokenizer; streams by decoding the growing output."""
@@ -76,6 +80,9 @@ class HFTokenizer:
         text = self.tok.decode(self._ids)
         new, self._text = text[len(self._text):], text
         return new
+
+    def finish(self) -> str:
+        return ""
 
 
 def tokenizer_for(path: str | None, vocab: int) -> ByteTokenizer | HFTokenizer:

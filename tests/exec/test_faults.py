@@ -1,0 +1,81 @@
+"""Faults and bad launches end the whole MPI job quickly, loudly and without orphans."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from twinfer.exec.launch import ExecArgs
+from twinfer.exec.launch import run as exec_verb
+from twinfer.spec import SpecError
+
+pytestmark = pytest.mark.mpi
+
+
+def tiny(layout: dict, gpus: int) -> dict:
+    return {"model": "tiny", "layout": layout,
+            "cluster": {"nodes": [{"name": "n0", "gpu": "cpu", "count": gpus}]},
+            "workload": {"requests": 2, "prompt_tokens": 6, "output_tokens": 6}}
+
+
+def alive_with(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (our scenario's path)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_failing_rank_aborts_the_job_naming_rank_and_error(exec_run):
+    run = exec_run(tiny({"kind": "uniform", "pp": 2}, 2))
+    start = time.monotonic()
+    # rank 0 (first stage, a follower) dies at its second step while rank 1, the
+    # driver, waits for its activations
+    proc = run.run(env={"TWINFER_FAIL_RANK": "0", "TWINFER_FAIL_STEP": "1"}, timeout=90)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "rank 0 failed: InjectedFailure: injected failure at step 1" in proc.stderr
+    assert elapsed < 60  # start-up (~10 s oversubscribed) plus the abort, not a timeout
+    assert not run.out.exists()
+    time.sleep(1)
+    assert alive_with(str(run.scenario_path)) == []
+
+
+def test_wrong_rank_count_under_user_mpiexec_is_rejected_before_any_work(exec_run, mpiexec):
+    binary, env = mpiexec
+    run = exec_run(tiny({"kind": "uniform", "tp": 2}, 2))
+    cmd = [binary, "--allow-run-as-root", "--oversubscribe", "-n", "3", sys.executable, "-m",
+           "twinfer.exec", str(run.scenario_path), "--device", "cpu", "--out", str(run.out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 2
+    assert "rank 0 failed: SpecError: layout: needs 2 ranks" in proc.stderr
+    assert "but 3 were launched" in proc.stderr
+    assert "rank 1 failed" not in proc.stderr  # rank 0 checks alone; the rest never start
+    assert not run.out.exists()
+
+
+def test_launcher_rejects_np_that_does_not_fit_without_starting_mpi(exec_run):
+    run = exec_run(tiny({"kind": "uniform", "tp": 2}, 2))
+    with pytest.raises(SpecError, match=r"needs 2 ranks .* --np 3"):
+        exec_verb(ExecArgs(scenario=str(run.scenario_path), np=3, device="cpu"))
+
+
+def test_cli_exec_reports_bad_input_in_one_line(exec_run):
+    from twinfer.cli import app
+
+    run = exec_run(tiny({"kind": "uniform", "tp": 2}, 2))
+    result = CliRunner().invoke(app, ["exec", str(run.scenario_path), "--np", "5"])
+    assert result.exit_code == 2
+    assert "needs 2 ranks" in result.output
+    result = CliRunner().invoke(app, ["exec", str(run.scenario_path), "--device", "tpu"])
+    assert result.exit_code == 2 and "--device: unknown value 'tpu'" in result.output

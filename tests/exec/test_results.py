@@ -1,0 +1,84 @@
+"""Results assembly: metrics, merging per-rank timings, atomic writes; text and launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from twinfer.exec.__main__ import parse_args
+from twinfer.exec.engine import ServeReport
+from twinfer.exec.launch import ExecArgs, find_mpiexec, mpiexec_command, rank_env, repo_root
+from twinfer.exec.results import merge_steps, request_metrics, stats, write_json_atomic
+from twinfer.exec.text import ByteTokenizer
+from twinfer.spec import SpecError
+
+
+def test_request_metrics_ttft_tpot_e2e():
+    req = {"rid": 3, "arrival_s": 1.0, "token_s": [1.5, 1.7, 1.9, 2.1], "output_tokens": 4}
+    m = request_metrics(req)
+    assert m["ttft_s"] == pytest.approx(0.5)
+    assert m["tpot_s"] == pytest.approx(0.2)
+    assert m["e2e_s"] == pytest.approx(1.1)
+    assert "token_s" not in m
+    assert request_metrics({**req, "token_s": [2.0]})["tpot_s"] is None
+
+
+def test_stats_percentiles():
+    s = stats([1.0, 2.0, 3.0, 4.0])
+    assert s == {"mean": 2.5, "p50": 2.5, "p99": pytest.approx(3.97)}
+    assert stats([]) == {"mean": None, "p50": None, "p99": None}
+
+
+def test_each_step_gets_every_ranks_timing():
+    rec = {"span_s": 1.0, "compute_s": 0.6, "comm_s": 0.3, "wait_s": 0.1}
+    driver = ServeReport(1, [{"step": 0, **rec}],
+                         steps=[{"step": 0, "pipeline": 0, "start_s": 0.0, "phase": "decode"}])
+    follower = ServeReport(0, [{"step": 0, **rec, "comm_s": 0.2}])
+    ranks = [{"rank": 0, "pipeline": 0}, {"rank": 1, "pipeline": 0}]
+    steps = merge_steps([follower, driver], ranks)
+    assert steps[0]["ranks"]["0"]["comm_s"] == 0.2
+    assert steps[0]["ranks"]["1"] == rec
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path):
+    path = write_json_atomic(tmp_path / "sub" / "r.json", {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert os.listdir(path.parent) == ["r.json"]
+
+
+def test_byte_tokenizer_streams_multibyte_characters():
+    tok = ByteTokenizer(256)
+    ids = tok.encode("héllo €")
+    assert tok.decode(ids) == "héllo €"
+    assert "".join(tok.stream(i) for i in ids) + tok.finish() == "héllo €"
+    assert tok.stream(0xE2) == "" and tok.finish() == "\ufffd"  # cut mid-character
+    assert tok.decode([104, 300]) == "h\ufffd"
+    with pytest.raises(SpecError, match="256"):
+        ByteTokenizer(100)
+
+
+def test_args_survive_the_trip_to_the_ranks():
+    args = ExecArgs(scenario="s.yaml", out="o.json", device="cpu", checkpoint="ck",
+                    temperature=0.5, prompt="hi there", stream=True, cuda_graphs=False,
+                    arrivals="batch", warmup=False)
+    assert parse_args(args.argv()) == args
+    with pytest.raises(SpecError, match="--arrivals"):
+        ExecArgs(scenario="s", arrivals="poisson")
+
+
+def test_mpiexec_command_and_environment():
+    env = rank_env(4, "cpu")
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(repo_root())
+    generic = mpiexec_command("/nonexistent/mpiexec", 4, ["s.yaml"], env)
+    assert generic == ["/nonexistent/mpiexec", "-n", "4", sys.executable, "-m", "twinfer.exec",
+                       "s.yaml"]
+    binary = find_mpiexec()
+    if binary is None:
+        pytest.skip("no mpiexec")
+    cmd = mpiexec_command(binary, 4, ["s.yaml"], env)
+    if "--bind-to" in cmd:  # Open MPI: no core binding, PYTHONPATH exported
+        assert cmd[cmd.index("-x", cmd.index("--bind-to")) + 1] == "PYTHONPATH"
+        assert ("--allow-run-as-root" in cmd) == (os.geteuid() == 0)
