@@ -41,9 +41,10 @@ def simulate(scenario: Scenario | str | Path, profiles: ProfilesArg = None,
 
 def describe_layout(twin: Twin) -> str:
     layout = twin.scenario.layout
-    fields = layout.model_dump(exclude={"kind", "gpus"}, exclude_none=True)
     if layout.kind == "uniform":
-        return "uniform " + " ".join(f"{k}={v}" for k, v in fields.items())
+        text = f"uniform tp={layout.tp} pp={layout.pp} replicas={layout.replicas}"
+        micro = twin.placement.pipelines[0].micro_batches
+        return text + (f" micro_batches={micro}" if micro > 1 else "")
     stages = "; ".join(
         "[" + ", ".join(f"tp{s.tp}x{s.num_layers}L" for s in p.stages) + "]"
         for p in twin.placement.pipelines)
