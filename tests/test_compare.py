@@ -1,0 +1,113 @@
+"""twinfer compare: errors, a run equal to the twin's own prediction, the CLI, the table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from twinfer.calibration.replay import replay
+from twinfer.cli import main
+from twinfer.compare import METRICS, Comparison, compare, compare_file, validation_table
+from twinfer.sim import simulate
+from twinfer.sim.profile import load_profile
+from twinfer.spec import SpecError, scenario_from_dict
+
+SCENARIO = {
+    "name": "tiny_h200_tp2",
+    "model": "tiny",
+    "cluster": {"nodes": [{"name": "node0", "gpu": "h200-sxm", "count": 2,
+                           "intra_link": "nvlink"}]},
+    "layout": {"kind": "uniform", "tp": 2},
+    "workload": {"requests": 4, "prompt_tokens": 64, "output_tokens": 8,
+                 "arrival": {"kind": "batch"}},
+}
+
+
+def _results_as_predicted() -> dict:
+    """A results document whose every measurement is the twin's own prediction."""
+    scenario = scenario_from_dict(SCENARIO)
+    sim = simulate(scenario)
+    n, prompt, out = 4, 64, 8
+    steps = [{"step": 0, "pipeline": 0, "micro_batch": 0, "phase": "prefill", "batch": n,
+              "tokens": n * prompt, "context_tokens": n * prompt}]
+    for i in range(1, out):
+        steps.append({"step": i, "pipeline": 0, "micro_batch": 0, "phase": "decode",
+                      "batch": n, "tokens": n, "context_tokens": n * (prompt + i)})
+    for s in steps:
+        s.update(start_s=0.0, wall_s=1.0, ranks={})
+    doc = {"schema": "twinfer.exec.results/1", "scenario": scenario.to_dict(),
+           "layout": SCENARIO["layout"], "options": {"arrivals": "batch"},
+           "device": {"type": "cuda", "name": "fake", "count": 2}, "ranks": [],
+           "summary": {"ttft_s": _stat(sim.ttft_s), "tpot_s": _stat(sim.tpot_s),
+                       "tps": sim.tps, "cuda_graphs": False},
+           "steps": steps}
+    start = 0.0
+    for s, r in zip(steps, replay(doc), strict=True):  # periods = the twin's step times
+        s["start_s"], s["wall_s"] = start, r.predicted_s
+        start += r.predicted_s
+    return doc
+
+
+def _cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def _stat(stat) -> dict:
+    return {"mean": stat.mean, "p50": stat.p50, "p99": stat.p99}
+
+
+def test_relative_errors():
+    c = Comparison("", "s", "m", "TP=1", "d", 1, 1, 1, "p",
+                   {k: 2.0 for k in METRICS}, {k: 2.5 for k in METRICS})
+    assert all(e == pytest.approx(0.25) for e in c.errors().values())
+    c.measured["tps"] = math.nan
+    assert math.isnan(c.errors()["tps"])
+    assert c.to_dict()["error_rel"]["tps"] is None
+
+
+def test_a_run_equal_to_the_prediction_has_no_error():
+    c = compare(_results_as_predicted())
+    assert c.layout == "TP=2" and c.profile.startswith("h200-sxm")
+    for key, err in c.errors().items():
+        assert err == pytest.approx(0.0, abs=1e-9), key
+
+
+def test_cli_compare_json_plot_and_table(tmp_path, capsys):
+    res = tmp_path / "runs" / "r1.json"
+    res.parent.mkdir()
+    res.write_text(json.dumps(_results_as_predicted()))
+    assert _cli(["compare", str(res), "--json", str(tmp_path / "c.json"), "--plot",
+                 str(tmp_path / "c.png")]) == 0
+    assert "tpot_mean_s" in capsys.readouterr().out
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert set(data["error_rel"]) == set(METRICS)
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert _cli(["compare", "--table", str(tmp_path / "runs")]) == 0
+    table = capsys.readouterr().out
+    assert "| TPOT mean | 1 | 0.0% | 0.0% |" in table
+    assert table == validation_table([tmp_path / "runs"]) + "\n"
+
+
+def test_compare_refuses_what_is_not_a_results_file(tmp_path, capsys):
+    bad = tmp_path / "profile.json"
+    bad.write_text(json.dumps({"schema_version": 1}))
+    with pytest.raises(SpecError, match="not an executor results JSON"):
+        compare_file(bad)
+    assert _cli(["compare", str(bad)]) == 2
+    assert "not an executor results JSON" in capsys.readouterr().err
+
+
+def test_explicit_profile_is_used(tmp_path):
+    res = tmp_path / "r.json"
+    res.write_text(json.dumps(_results_as_predicted()))
+    h100 = load_profile("h100-sxm")
+    c = compare_file(res, "h100-sxm")
+    assert c.profile.startswith(h100.name)
+    assert Path(c.source) == res
