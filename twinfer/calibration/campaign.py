@@ -187,15 +187,16 @@ def stage_overheads(cfg: CampaignConfig, runner: Runner, profile: tuple) -> None
 
 
 def stage_matrix(cfg: CampaignConfig, runner: Runner, profile: tuple) -> None:
+    """The matrix, cheapest points first (short contexts, small batches, every layout),
+    so that a time-boxed run covers every layout before the long contexts."""
     path, name, link = profile
     gpus = _device_count(cfg.device)
-    for layout in cfg.layouts:
-        tp, pp = LAYOUTS[layout]
-        if tp * pp > gpus:
-            runner.log.append({"name": layout, "status": f"skipped: needs {tp * pp} GPUs"})
-            continue
-        for context in cfg.contexts:
-            for batch in cfg.batches:
+    layouts = [x for x in cfg.layouts if LAYOUTS[x][0] * LAYOUTS[x][1] <= gpus]
+    for layout in sorted(set(cfg.layouts) - set(layouts)):
+        runner.log.append({"name": layout, "status": f"skipped: needs more than {gpus} GPUs"})
+    for context in cfg.contexts:
+        for batch in cfg.batches:
+            for layout in layouts:
                 doc = matrix_scenario(cfg, name, link, (layout, batch, context, 0))
                 out = cfg.out / "results" / name / f"{layout}_b{batch}_c{context}.json"
                 why = "" if out.exists() else kv_fits(doc, path)
