@@ -63,12 +63,14 @@ def group_key(op: str, ranks: int, link_kind: str) -> str:
 def init_distributed(comm, device: str) -> torch.device:
     """torch.distributed over the MPI job, as the executor starts it: rank 0's address
     and a free port broadcast over MPI; a rank's GPU is its rank on its node."""
+    from mpi4py import MPI
+
     from twinfer.exec.launch import rendezvous_address
 
     rank, size = comm.Get_rank(), comm.Get_size()
     addr, port = rendezvous_address(comm)
     if device == "cuda":
-        local = comm.Split_type(split_type=6).Get_rank()  # MPI.COMM_TYPE_SHARED
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
         torch.cuda.set_device(local % torch.cuda.device_count())
         dev, backend = torch.device("cuda", torch.cuda.current_device()), "nccl"
     else:
@@ -80,17 +82,21 @@ def init_distributed(comm, device: str) -> torch.device:
 
 def _op_runner(op: str, nbytes: int, group, ranks: int, dev: torch.device):
     """A zero-argument callable doing one ``op`` of ``nbytes`` inside ``group``."""
-    elems = max(ranks, nbytes // 4)
+    # bf16 on GPUs, as the executor's activations; fp32 for gloo. Zeros, so that
+    # repeated reductions never overflow.
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    width = torch.finfo(dtype).bits // 8
+    elems = max(ranks, nbytes // width)
     elems -= elems % ranks
     rank = dist.get_rank()
-    buf = torch.ones(elems, dtype=torch.float32, device=dev)
+    buf = torch.zeros(elems, dtype=dtype, device=dev)
     if op == "all_reduce":
         return lambda: dist.all_reduce(buf, group=group)
     if op == "all_gather":
-        out = torch.empty(elems * ranks, dtype=torch.float32, device=dev)
+        out = torch.empty(elems * ranks, dtype=dtype, device=dev)
         return lambda: dist.all_gather_into_tensor(out, buf, group=group)
     if op == "reduce_scatter":
-        out = torch.empty(elems // ranks, dtype=torch.float32, device=dev)
+        out = torch.empty(elems // ranks, dtype=dtype, device=dev)
         return lambda: dist.reduce_scatter_tensor(out, buf, group=group)
     if op == "broadcast":
         return lambda: dist.broadcast(buf, src=0, group=group)
