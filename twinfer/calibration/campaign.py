@@ -30,7 +30,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,6 +154,7 @@ def stage_calibrate(cfg: CampaignConfig) -> tuple[Path, str, str]:
     from twinfer.calibration.calibrate import CalibrateOptions, calibrate, comm_ranks
     from twinfer.calibration.device import default_name, link_kind
     from twinfer.calibration.plot import plot_profile
+    from twinfer.spec import SpecError
 
     name = default_name(cfg.device)
     path = cfg.out / "profiles" / f"{name}.json"
@@ -161,8 +162,17 @@ def stage_calibrate(cfg: CampaignConfig) -> tuple[Path, str, str]:
     link = link_kind(cfg.device, ranks)
     if "calibrate" in cfg.stages and not path.exists():
         _say(f"calibrate {cfg.device} -> {path}")
-        profile, _ = calibrate(CalibrateOptions(out=path, device=cfg.device, quick=cfg.quick,
-                                                time_budget_s=cfg.calibrate_budget_s))
+        opts = CalibrateOptions(out=path, device=cfg.device, quick=cfg.quick,
+                                time_budget_s=cfg.calibrate_budget_s)
+        try:
+            profile, _ = calibrate(opts)
+        except SpecError as exc:  # collectives failed: keep the compute sweeps (resumed)
+            if exc.field != "collectives":
+                raise
+            _say(f"collectives failed, profile without them: {exc}")
+            profile, _ = calibrate(replace(opts, ops=tuple(o for o in opts.ops
+                                                           if o != "collectives"),
+                                           extra_notes=[f"collectives not measured: {exc}"]))
         plot_profile(profile, cfg.out / "plots" / f"{name}.png")
     if not path.exists():
         raise SystemExit(f"no profile at {path}: run the calibrate stage first")
