@@ -128,7 +128,11 @@ def rank_env(np: int, device: str) -> dict[str, str]:
     return env
 
 
-def mpiexec_command(mpiexec: str, np: int, argv: list[str], env: dict[str, str]) -> list[str]:
+def mpiexec_command(mpiexec: str, np: int, argv: list[str], env: dict[str, str],
+                    module: str = "twinfer.exec") -> list[str]:
+    """``mpiexec -n np python -m module argv...``, with Open MPI's flags when it is one:
+    root allowed (containers), no core binding (ranks use several threads), and the
+    environment that must reach ranks on other nodes exported."""
     cmd = [mpiexec]
     if _is_open_mpi(mpiexec):
         if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -139,7 +143,7 @@ def mpiexec_command(mpiexec: str, np: int, argv: list[str], env: dict[str, str])
         for name in FORWARD_ENV:
             if name in env:
                 cmd += ["-x", name]
-    return cmd + ["-n", str(np), sys.executable, "-m", "twinfer.exec", *argv]
+    return cmd + ["-n", str(np), sys.executable, "-m", module, *argv]
 
 
 def launch(args: ExecArgs) -> int:
