@@ -5,8 +5,10 @@ Entities (Vidur's word) and how they map to SimPy:
 - each pipeline **stage** (a TP group of GPUs working in lockstep) is a
   ``simpy.Resource`` of capacity one; each **link** between consecutive stages too;
 - the **request source** is a process that releases requests at their arrival times
-  and hands each to the **router**: the least-loaded pipeline (fewest unfinished
-  requests), then its least-loaded micro-batch lane (vLLM's virtual engines);
+  and hands each to the **router**: the pipeline with the least unfinished work for
+  its speed (``pipeline_speed``: pipelines of different GPU types and TP degrees
+  serve at different rates), then its least-loaded micro-batch lane (vLLM's virtual
+  engines);
 - each **lane** is a process that loops: ask its scheduler
   (``twinfer.sim.scheduler.Lane``) for the next step's batch, take it through the
   stages in order (holding each stage for the time the cost model gives, then
@@ -31,6 +33,18 @@ import simpy
 from twinfer.sim.scheduler import KvPool, Lane
 from twinfer.sim.stage import PipelineModel, StepBatch
 from twinfer.spec.workload import Request, SchedulerSpec
+
+ROUTER_BATCH, ROUTER_CONTEXT = 16, 1024  # the reference decode step of `pipeline_speed`
+
+
+def pipeline_speed(pipe: PipelineModel) -> float:
+    """Decode tokens per second of a pipeline at a reference step (the router's weight):
+    its lanes each decoding ``ROUTER_BATCH`` sequences of ``ROUTER_CONTEXT`` tokens."""
+    n = ROUTER_BATCH
+    times, _, sends = pipe.step(StepBatch(n, n * ROUTER_CONTEXT, (), 0, n))
+    lanes = pipe.micro_batches
+    period = max(sum(times) + sum(sends), lanes * max(times), lanes * max(sends, default=0.0))
+    return lanes * n / period if period > 0 else float(lanes * n)
 
 
 @dataclass
@@ -79,6 +93,8 @@ class Engine:
             stages=[[StageStats() for _ in p.stages] for p in pipelines],
             kv_peak_blocks=[0] * len(pipelines))
         self.kv = [KvPool(blocks) for blocks in kv_blocks]
+        # router weights (only with a choice: the reference step adds provenance)
+        self.speed = [pipeline_speed(p) for p in pipelines] if len(pipelines) > 1 else [1.0]
         self.lanes: list[list[Lane]] = []
         self._idle: dict[tuple[int, int], simpy.Event] = {}
         self._stage_res: list[list[simpy.Resource]] = []
@@ -109,8 +125,11 @@ class Engine:
             if req.arrival_s > env.now:
                 yield env.timeout(req.arrival_s - env.now)
             rec.arrival_s[req.rid] = req.arrival_s
+            # the pipeline that would finish its queue first: load over speed (HexGen's
+            # pipelines of different GPUs and TP degrees serve at different rates)
             i = min(range(len(self.lanes)),
-                    key=lambda p: sum(lane.unfinished for lane in self.lanes[p]))
+                    key=lambda p: (sum(lane.unfinished for lane in self.lanes[p]) + 1)
+                    / self.speed[p])
             lanes = self.lanes[i]
             k = min(range(len(lanes)), key=lambda q: lanes[q].unfinished)
             lanes[k].add(req)

@@ -1,8 +1,8 @@
 """The closed-form fast path: the same cost model, no event queue, for ranking layouts.
 
-Requests go to pipelines and micro-batch lanes round-robin (what the engine's
-least-loaded router does when they arrive together). A lane's step takes the
-pipeline's latency ``L = sum(stage times) + sum(sends)``, and with ``M`` lanes in
+Requests go to pipelines in proportion to their speed and to micro-batch lanes
+round-robin (what the engine's router does when they arrive together). A lane's step
+takes the pipeline's latency ``L = sum(stage times) + sum(sends)``, and with ``M`` lanes in
 flight a lane cannot step faster than its busiest stage serves all lanes, so its
 period is ``max(L, max over stages of the lanes' summed stage times)``.
 
@@ -24,7 +24,7 @@ import math
 import time
 from pathlib import Path
 
-from twinfer.sim.engine import RunRecord, StageStats
+from twinfer.sim.engine import RunRecord, StageStats, pipeline_speed
 from twinfer.sim.results import SimResult
 from twinfer.sim.simulate import result_from_run
 from twinfer.sim.stage import PipelineModel, StepBatch
@@ -71,11 +71,14 @@ def _record(twin: Twin) -> RunRecord:
 
 
 def _assign(twin: Twin) -> list[list[list[Request]]]:
-    """Round-robin over pipelines, then over each pipeline's lanes."""
+    """Over pipelines in proportion to their speed (the engine's router when requests
+    arrive together; round-robin for equal pipelines), then round-robin over lanes."""
     lanes = [[[] for _ in range(p.micro_batches)] for p in twin.pipelines]
+    speed = ([pipeline_speed(p) for p in twin.pipelines] if len(twin.pipelines) > 1
+             else [1.0])
     turn = [0] * len(lanes)
-    for j, req in enumerate(sorted(twin.requests, key=lambda r: (r.arrival_s, r.rid))):
-        i = j % len(lanes)
+    for req in sorted(twin.requests, key=lambda r: (r.arrival_s, r.rid)):
+        i = min(range(len(lanes)), key=lambda p: (turn[p] + 1) / speed[p])
         lanes[i][turn[i] % len(lanes[i])].append(req)
         turn[i] += 1
     return lanes

@@ -41,7 +41,7 @@ class Metrics:
 @dataclass(frozen=True)
 class SweepPoint:
     field: str
-    value: int
+    value: int | str  # the swept value, or the workload's distribution when not swept
     layout: Metrics
     baseline: Metrics | None
 
@@ -82,7 +82,7 @@ def metrics(scenario: Scenario, profiles: ProfilesArg = None) -> Metrics:
                    result.num_gpus)
 
 
-def _variants(scenario: Scenario) -> list[tuple[str, int, Scenario]]:
+def _variants(scenario: Scenario) -> list[tuple[str, int | str, Scenario]]:
     sweep = scenario.sweep
     points = []
     if sweep is not None:
@@ -92,7 +92,8 @@ def _variants(scenario: Scenario) -> list[tuple[str, int, Scenario]]:
                 points.append((name, value, scenario.model_copy(update={"workload": wl})))
     if not points:
         value = scenario.workload.prompt_tokens
-        points.append(("prompt_tokens", value if isinstance(value, int) else 0, scenario))
+        points.append(("prompt_tokens", value if isinstance(value, int) else value.dist,
+                       scenario))
     return points
 
 
