@@ -19,7 +19,8 @@ def test_gemm_roofline_without_samples(toy_profile):
     assert c.gemm_s(1, 4096, 4096) == approx(33_570_816 / 1e12)
     # 8192^3: compute-bound, 2 m n k at 100 TFLOP/s
     assert c.gemm_s(8192, 8192, 8192) == approx(2 * 8192**3 / 100e12)
-    assert any("roofline from peaks (no samples)" in line for line in c.provenance.lines())
+    assert any("roofline (no samples), memory 1.00 TB/s (copy peak)" in line
+               for line in c.provenance.lines())
 
 
 def test_gemm_interpolates_measured_shape_and_scales_beyond():
@@ -41,7 +42,8 @@ def test_gemm_interpolates_measured_shape_and_scales_beyond():
     lines = "\n".join(c.provenance.lines())
     assert "interpolated over 2 measured m" in lines
     assert "outside measured range [1, 100]" in lines
-    assert "n=2048 k=1024: roofline from achieved ceilings" in lines
+    assert "n=2048 k=1024: roofline (no samples of this shape), memory 0.21 TB/s (best " \
+        "memory-bound sample)" in lines
 
 
 def roofline_shape(m, n, k, bw):

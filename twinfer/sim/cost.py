@@ -39,6 +39,9 @@ class Provenance:
     def __init__(self) -> None:
         self._lines: dict[tuple, str] = {}
 
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._lines
+
     def note(self, key: tuple, text: str) -> None:
         if key not in self._lines:
             self._lines[key] = text
@@ -137,12 +140,20 @@ class CostModel:
         return best
 
     def _ceiling_note(self, op: str, shape: object, bw: float, have_samples: bool) -> None:
-        basis = ("achieved ceilings of its samples" if have_samples else "peaks (no samples)")
+        if (op, "roofline", shape) in self.provenance:  # hot path: format the text once
+            return
+        label = _heads(shape) if isinstance(shape, tuple) else shape
+        memory = ("best memory-bound sample" if bw != self.copy_bytes_per_s
+                  else "copy peak")
+        why = "no samples of this shape" if have_samples else "no samples"
         self.provenance.note((op, "roofline", shape),
-                             f"{self.name} {op} {shape}: roofline from {basis}, "
-                             f"{bw / 1e12:.2f} TB/s, {self.flops_per_s / 1e12:.0f} TFLOP/s")
+                             f"{self.name} {op} {label}: roofline ({why}), memory "
+                             f"{bw / 1e12:.2f} TB/s ({memory}), matmul "
+                             f"{self.flops_per_s / 1e12:.0f} TFLOP/s (peak)")
 
     def _range_note(self, op: str, shape: object, where: str, lo: float, hi: float) -> None:
+        if (op, where, shape) in self.provenance:
+            return
         how = ("clamped to the smallest measured point" if where == BELOW
                else "scaled from the largest measured point")
         self.provenance.note((op, where, shape),
@@ -185,8 +196,7 @@ class CostModel:
         shape = (q_heads, kv_heads, head_dim)
         curve = self._decode.get(shape)
         if curve is None:
-            self._ceiling_note("decode_attention", _heads(shape), self._decode_bw,
-                               bool(self._decode))
+            self._ceiling_note("decode_attention", shape, self._decode_bw, bool(self._decode))
             nbytes = _decode_bytes(batch, context, q_heads, kv_heads, head_dim, self.dtype_bytes)
             flops = 4.0 * batch * context * q_heads * head_dim
             return max(nbytes / self._decode_bw, flops / self.flops_per_s)
@@ -204,12 +214,13 @@ class CostModel:
                 t *= batch * context / curve.hi
             outside = [(f"KV tokens {where}", where)] if where != INSIDE else []
         for what, where in outside:
-            how = ("clamped to the grid's edge" if where == BELOW
-                   else "scaled linearly from the grid's edge")
-            self.provenance.note(("decode_attention", what, shape),
-                                 f"{self.name} decode_attention {_heads(shape)}: {what} the "
-                                 f"measured range, {how}")
-        if not outside:
+            if ("decode_attention", what, shape) not in self.provenance:
+                how = ("clamped to the grid's edge" if where == BELOW
+                       else "scaled linearly from the grid's edge")
+                self.provenance.note(("decode_attention", what, shape),
+                                     f"{self.name} decode_attention {_heads(shape)}: {what} "
+                                     f"the measured range, {how}")
+        if not outside and ("decode_attention", "inside", shape) not in self.provenance:
             self.provenance.note(("decode_attention", "inside", shape),
                                  f"{self.name} decode_attention {_heads(shape)}: interpolated "
                                  "over measured (batch, context)")
@@ -223,7 +234,7 @@ class CostModel:
         shape = (q_heads, kv_heads, head_dim)
         series = self._prefill.get(shape)
         if series is None:
-            self._ceiling_note("prefill_attention", _heads(shape), self._prefill_bw,
+            self._ceiling_note("prefill_attention", shape, self._prefill_bw,
                                bool(self._prefill))
             return self._prefill_roofline(tokens, shape)
         t, where = series.at(tokens)
