@@ -70,6 +70,114 @@ def models() -> None:
     console.print(table)
 
 
+@app.command()
+@user_errors
+def calibrate(
+    out: str = typer.Option("", "--out", help="profile JSON to write (default: "
+                            "twinfer/calibration/profiles/<name>.json)"),
+    quick: bool = typer.Option(False, "--quick", help="fewer points (a CPU run: < 60 s)"),
+    ops: str = typer.Option("gemm,decode_attention,prefill_attention,elementwise,collectives",
+                            "--ops", help="comma-separated sweeps to run"),
+    device: str = typer.Option("auto", "--device", help="cuda, cpu or auto"),
+    name: str = typer.Option("", "--name", help="profile name (default from the device)"),
+    time_budget_s: float = typer.Option(0.0, "--time-budget-s",
+                                        help="stop the compute sweeps after this long (0: none)"),
+    from_exec: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None, "--from-exec", help="executor results JSON(s): fit the profile's overheads "
+        "from their step timelines instead of sweeping (needs --profile or --out)"),
+    profile: str = typer.Option("", "--profile", help="with --from-exec: the profile to fit"),
+) -> None:
+    """Measure the visible device and write a calibration profile (resumes if interrupted)."""
+    from pathlib import Path
+
+    if from_exec:
+        from twinfer.calibration.overheads import fit_overheads_cli
+
+        console.print(fit_overheads_cli([Path(p) for p in from_exec], profile or out, out))
+        return
+    from twinfer.calibration.calibrate import CalibrateOptions, calibrate_and_summarize
+
+    opts = CalibrateOptions(
+        out=Path(out) if out else None, device=device, quick=quick,
+        ops=tuple(o.strip() for o in ops.split(",") if o.strip()), name=name,
+        time_budget_s=time_budget_s)
+    console.print(calibrate_and_summarize(opts))
+
+
+def _profile_args(values: list[str] | None) -> object:
+    """``--profile P`` (one profile) or repeated ``--profile TYPE=P`` (one per GPU type)."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    pairs = [v.split("=", 1) for v in values]
+    if any(len(p) != 2 for p in pairs):
+        raise SpecError("--profile", "mixes a bare profile with TYPE=PATH entries",
+                        "give one profile, or TYPE=PATH for each GPU type")
+    return dict(pairs)
+
+
+@app.command()
+@user_errors
+def simulate(
+    scenario: Optional[str] = typer.Argument(  # noqa: UP045
+        None, help="scenario YAML or shipped name (default: the shipped default)"),
+    profile: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None, "--profile", help="profile name or JSON path; TYPE=PATH per GPU type"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the result JSON"),  # noqa: UP045
+    trace: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--trace", help="write a Chrome/Perfetto trace of the simulated timeline"),
+    fast: bool = typer.Option(False, "--fast", help="closed-form fast path (no queueing)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="list the samples and fallbacks the prediction rests on"),
+) -> None:
+    """Predict TTFT, TPOT, TPS and memory of a scenario with the twin."""
+    from twinfer.sim import simulate as run_twin
+    from twinfer.sim.fast import estimate
+    from twinfer.sim.report import print_result
+    from twinfer.spec import DEFAULT_SCENARIO, load_scenario
+
+    source = scenario or DEFAULT_SCENARIO
+    profiles = _profile_args(profile)
+    if fast:
+        if trace:
+            raise SpecError("--trace", "the fast path has no timeline", "drop --fast")
+        result = estimate(source, profiles)
+    else:
+        result = run_twin(source, profiles, trace=trace)
+    print_result(console, result, verbose)
+    loaded = load_scenario(source)
+    if not fast and (loaded.baseline is not None or loaded.sweep is not None):
+        from twinfer.sim.sweep import print_sweep
+
+        print_sweep(console, loaded, profiles)  # the layout against its baseline
+    if json_out:
+        console.print(f"wrote {result.to_json(json_out)}", highlight=False)
+    if trace:
+        console.print(f"wrote {trace} (open in https://ui.perfetto.dev)", highlight=False)
+
+
+@app.command()
+@user_errors
+def profiles() -> None:
+    """List the shipped GPU profiles and where their numbers come from."""
+    from twinfer.sim.report import profiles_table
+
+    console.print(profiles_table())
+
+
+@app.command("bench-sim")
+@user_errors
+def bench_sim(
+    only: str = typer.Option("", "--only", help="run one case: tp8pp2 or vidur"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the figures as JSON"),  # noqa: UP045
+) -> None:
+    """Benchmark the simulator itself (wall time, peak memory, simulated/wall)."""
+    from twinfer.sim.bench import run_bench
+
+    run_bench(console, only=only, json_out=json_out)
+
+
 @app.command("exec")
 @user_errors
 def exec_(
@@ -118,40 +226,6 @@ def _is_rank_zero() -> bool:
         if name in os.environ:
             return os.environ[name] == "0"
     return True
-
-
-@app.command()
-@user_errors
-def calibrate(
-    out: str = typer.Option("", "--out", help="profile JSON to write (default: "
-                            "twinfer/calibration/profiles/<name>.json)"),
-    quick: bool = typer.Option(False, "--quick", help="fewer points (a CPU run: < 60 s)"),
-    ops: str = typer.Option("gemm,decode_attention,prefill_attention,elementwise,collectives",
-                            "--ops", help="comma-separated sweeps to run"),
-    device: str = typer.Option("auto", "--device", help="cuda, cpu or auto"),
-    name: str = typer.Option("", "--name", help="profile name (default from the device)"),
-    time_budget_s: float = typer.Option(0.0, "--time-budget-s",
-                                        help="stop the compute sweeps after this long (0: none)"),
-    from_exec: Optional[list[str]] = typer.Option(  # noqa: UP045
-        None, "--from-exec", help="executor results JSON(s): fit the profile's overheads "
-        "from their step timelines instead of sweeping (needs --profile or --out)"),
-    profile: str = typer.Option("", "--profile", help="with --from-exec: the profile to fit"),
-) -> None:
-    """Measure the visible device and write a calibration profile (resumes if interrupted)."""
-    from pathlib import Path
-
-    if from_exec:
-        from twinfer.calibration.overheads import fit_overheads_cli
-
-        console.print(fit_overheads_cli([Path(p) for p in from_exec], profile or out, out))
-        return
-    from twinfer.calibration.calibrate import CalibrateOptions, calibrate_and_summarize
-
-    opts = CalibrateOptions(
-        out=Path(out) if out else None, device=device, quick=quick,
-        ops=tuple(o.strip() for o in ops.split(",") if o.strip()), name=name,
-        time_budget_s=time_budget_s)
-    console.print(calibrate_and_summarize(opts))
 
 
 @app.command()
