@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from twinfer.exec.launch import ExecArgs
+from twinfer.exec.launch import ExecArgs, mpiexec_command
 from twinfer.exec.launch import run as exec_verb
 from twinfer.spec import SpecError
 
@@ -54,8 +53,8 @@ def test_a_failing_rank_aborts_the_job_naming_rank_and_error(exec_run):
 def test_wrong_rank_count_under_user_mpiexec_is_rejected_before_any_work(exec_run, mpiexec):
     binary, env = mpiexec
     run = exec_run(tiny({"kind": "uniform", "tp": 2}, 2))
-    cmd = [binary, "--allow-run-as-root", "--oversubscribe", "-n", "3", sys.executable, "-m",
-           "twinfer.exec", str(run.scenario_path), "--device", "cpu", "--out", str(run.out)]
+    cmd = mpiexec_command(binary, 3, [str(run.scenario_path), "--device", "cpu", "--out",
+                                      str(run.out)], env)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 2
     assert "rank 0 failed: SpecError: layout: needs 2 ranks" in proc.stderr

@@ -34,6 +34,9 @@ LAYOUTS = {
     "tp2_pp2": scenario("tp2pp2", {"kind": "uniform", "tp": 2, "pp": 2}, 4, 2, 3),
     "hetero_tp2_tp1": scenario("hetero", {"kind": "hetero", "pipelines": [{"stages": [
         {"gpus": [0, 1], "layers": 3}, {"gpus": [2], "layers": 1}]}]}, 3, 1, 4),
+    # two independent pipelines on GPUs 1 and 2; rank 0 holds nothing and writes results
+    "replicas_rank0_idle": scenario("replicas", {"kind": "uniform", "replicas": 2,
+                                                 "gpus": [1, 2]}, 3, 2, 5),
 }
 
 
@@ -46,14 +49,17 @@ def test_layout_matches_single_process_reference(name, exec_run, check_reference
     check_reference(sc, run.logits())
 
     doc = run.results()
-    ranks = doc["device"]["count"]
     assert doc["layout"]["kind"] == sc["layout"]["kind"]
     assert doc["summary"]["requests"] == 4 and doc["summary"]["output_tokens"] == 20
     assert {s["phase"] for s in doc["steps"]} == {"prefill", "decode"}
+    pipes = [sorted(g for st in p["stages"] for g in st["gpus"])
+             for p in doc["placement"]["pipelines"]]
     for step in doc["steps"]:  # every rank timed every step of its pipeline
-        assert sorted(map(int, step["ranks"])) == list(range(ranks))
+        assert sorted(map(int, step["ranks"])) == pipes[step["pipeline"]]
         for rec in step["ranks"].values():
             assert rec["compute_s"] >= 0 and rec["comm_s"] >= 0 and rec["wait_s"] >= 0
+    if len(pipes) > 1:
+        assert {r["pipeline"] for r in doc["requests"]} == set(range(len(pipes)))
     if "pp" in sc["layout"] or sc["layout"]["kind"] == "hetero":
         # two micro-batches were in flight through the stages
         assert {s["micro_batch"] for s in doc["steps"]} == {0, 1}
