@@ -55,12 +55,12 @@ def run_case(name: str) -> dict:
     from twinfer.spec import scenario_from_dict
 
     scenario = scenario_from_dict(CASES[name])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = simulate(scenario)
-    wall_s = time.perf_counter() - start
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return {"case": name, "requests": result.requests, "steps": result.steps,
-            "simulated_s": result.makespan_s, "wall_s": wall_s,
+            "simulated_s": result.makespan_s, "wall_s": wall_s, "cpu_s": cpu_s,
             "simulated_per_wall": result.makespan_s / wall_s,
             "requests_per_wall_s": result.requests / wall_s, "peak_rss_bytes": peak_bytes,
             "ttft_mean_s": result.ttft_s.mean, "tpot_mean_s": result.tpot_s.mean,
@@ -81,12 +81,12 @@ def run_bench(console: Console, only: str = "", json_out: str | None = None) -> 
                               capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     table = Table(title="twinfer bench-sim (one process per case, single-threaded)")
-    for col in ("case", "requests", "engine steps", "simulated s", "wall s", "sim/wall",
-                "req per wall s", "peak RSS MiB"):
+    for col in ("case", "requests", "engine steps", "simulated s", "wall s", "CPU s",
+                "sim/wall", "req per wall s", "peak RSS MiB"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["case"], f"{r['requests']:,}", f"{r['steps']:,}",
-                      f"{r['simulated_s']:.1f}", f"{r['wall_s']:.2f}",
+                      f"{r['simulated_s']:.1f}", f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}",
                       f"{r['simulated_per_wall']:.0f}", f"{r['requests_per_wall_s']:,.0f}",
                       f"{r['peak_rss_bytes'] / 2**20:.0f}")
     console.print(table)
