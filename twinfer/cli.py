@@ -287,6 +287,20 @@ def search(
     run_search(scenario, opts, gpus, out)
 
 
+@app.command()
+def ui(
+    port: int = typer.Option(8501, "--port", help="port to serve the dashboard on"),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="address to bind (default: this machine only)"),
+) -> None:
+    """Open the what-if dashboard (Streamlit) on http://HOST:PORT."""
+    from twinfer.ui.serve import serve
+
+    code = serve(port, host)
+    if code:
+        raise typer.Exit(code)
+
+
 def main(argv: Optional[list[str]] = None) -> None:  # noqa: UP045
     """Console-script entry point."""
     app(args=argv if argv is not None else sys.argv[1:], prog_name="twinfer")
