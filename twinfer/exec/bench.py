@@ -70,6 +70,10 @@ class BenchConfig:
     def requests(self, batch: int, context: int) -> list[Request]:
         return [Request(i, 0.0, context, self.output_tokens) for i in range(batch)]
 
+    def mean_context(self, context: int) -> float:
+        """A sequence's mean context over its decode steps."""
+        return context + self.output_tokens / 2
+
 
 @dataclass
 class Row:
@@ -111,11 +115,9 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 20) 
     return 2 * nbytes * reps / seconds
 
 
-def roofline_tpot_s(spec, batch: int, context: int, out_tokens: int, bw: float,
-                    tp: int = 1) -> float:
+def roofline_tpot_s(spec, batch: int, mean_context: float, bw: float, tp: int = 1) -> float:
     """Bytes one decode step must read (all weights, every sequence's KV at its mean
-    context) over the copy bandwidth, per GPU of a TP group."""
-    mean_context = context + out_tokens / 2
+    context over the decode) over the copy bandwidth, per GPU of a TP group."""
     step_bytes = spec.weight_bytes + batch * mean_context * spec.kv_bytes_per_token
     return step_bytes / tp / bw
 
@@ -151,8 +153,7 @@ def run_ours(cfg: BenchConfig, bw: float) -> list[Row]:
     for context in cfg.contexts:
         for batch in cfg.batches:
             row = Row("twinfer", "tp1", batch, context,
-                      roofline_tpot_s=roofline_tpot_s(spec, batch, context, cfg.output_tokens,
-                                                      bw))
+                      roofline_tpot_s=roofline_tpot_s(spec, batch, cfg.mean_context(context), bw))
             try:
                 report = engine.serve(sequences(cfg.requests(batch, context), spec.vocab, 0),
                                       warm)
@@ -226,8 +227,7 @@ def run_hf(cfg: BenchConfig, bw: float) -> list[Row]:
     for context in cfg.contexts:
         for batch in cfg.batches:
             row = Row("transformers", "tp1", batch, context,
-                      roofline_tpot_s=roofline_tpot_s(spec, batch, context, cfg.output_tokens,
-                                                      bw),
+                      roofline_tpot_s=roofline_tpot_s(spec, batch, cfg.mean_context(context), bw),
                       extra={"compile": cfg.hf_compile})
             ids = torch.randint(0, spec.vocab, (batch, context), generator=gen).to(device)
             try:
@@ -283,8 +283,8 @@ def run_rank(cfg: BenchConfig, layout: str, bw: float) -> list[Row]:
                 continue
             drivers = [r for r in session.reports if r is not None and r.requests]
             row = Row("twinfer", layout, batch, context,
-                      roofline_tpot_s=roofline_tpot_s(scenario.model, batch, context,
-                                                      cfg.output_tokens, bw, tp),
+                      roofline_tpot_s=roofline_tpot_s(scenario.model, batch,
+                                                      cfg.mean_context(context), bw, tp),
                       extra={"cuda_graphs": doc["summary"]["cuda_graphs"]})
             m = metrics([q for r in drivers for q in r.requests],
                         [s for r in drivers for s in r.steps])
