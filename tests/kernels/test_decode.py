@@ -70,14 +70,13 @@ def test_flash_decode(head_dim, group, q_len, num_splits, device, gen, poison, c
     _check_decode(close_to_ref, out, lse, q, k, v, seq_lens)
 
 
-@pytest.mark.parametrize("tiles", [None, DecodeTiles(block_n=64), DecodeTiles(16, prefetch=True)])
+@pytest.mark.parametrize("tiles", [None, DecodeTiles(block_n=64)])
 @pytest.mark.parametrize("num_splits", [1, 4])
 @pytest.mark.parametrize("q_len", [1, 13])
 @pytest.mark.parametrize("page_size", [16, 64])
 def test_paged_flash_decode(page_size, q_len, num_splits, tiles, device, gen, poison,
                             close_to_ref):
-    # tiles=64 with 16-token pages exercises the per-row gather of the block table;
-    # prefetch the register double-buffered loop.
+    # tiles=64 with 16-token pages exercises the per-row gather of the block table.
     q, k, v = _inputs(gen, 3, q_len, 8, 2, 150, 64, LOWP, device)
     seq_lens = torch.tensor([150, 97, 14], dtype=torch.int32, device=device)
     k_pages, v_pages, table = _paginate(k, v, page_size, gen, seq_lens)
@@ -86,12 +85,12 @@ def test_paged_flash_decode(page_size, q_len, num_splits, tiles, device, gen, po
     _check_decode(close_to_ref, out, lse, q, k, v, seq_lens, paged=(k_pages, v_pages, table))
 
 
-@pytest.mark.parametrize("q_len", [1, 13])
-def test_flash_decode_prefetch(q_len, device, gen, poison, close_to_ref):
-    q, k, v = _inputs(gen, 3, q_len, 8, 2, 77, 80, LOWP, device)
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_flash_decode_other_tiles(block_n, device, gen, poison, close_to_ref):
+    q, k, v = _inputs(gen, 3, 13, 8, 2, 77, 80, LOWP, device)
     seq_lens = torch.tensor([77, 40, 13], dtype=torch.int32, device=device)
     out, lse = flash_decode(q, k, v, seq_lens, num_splits=3,
-                            tiles=DecodeTiles(32, num_stages=1, prefetch=True))
+                            tiles=DecodeTiles(block_n, num_stages=1))
     _check_decode(close_to_ref, out, lse, q, k, v, seq_lens)
 
 
@@ -187,7 +186,7 @@ def test_paged_flash_decode_gpu(page_size, q_len, gen, poison, close_to_ref):
 @pytest.mark.gpu
 @pytest.mark.parametrize("page_size", [None, 16, 64])
 @pytest.mark.parametrize("tiles", [DecodeTiles(32, 4, 2), DecodeTiles(128, 4, 4),
-                                   DecodeTiles(64, 8, 3), DecodeTiles(64, 4, 1, prefetch=True)])
+                                   DecodeTiles(64, 8, 3), DecodeTiles(128, 4, 3)])
 def test_decode_tiles_gpu(tiles, page_size, gen, poison, close_to_ref):
     # Every configuration the benchmark sweeps must be correct, not only the default.
     q, k, v = _inputs(gen, 2, 1, 32, 8, 2000, 128, torch.bfloat16, "cuda")

@@ -47,6 +47,12 @@ def use_triton(backend: Backend, tensor: torch.Tensor) -> bool:
     return tensor.is_cuda or interpreting()
 
 
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (plain Python: ``triton.next_power_of_2`` costs
+    microseconds per call, which add up in a decode step's launch path)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 @functools.cache
 def _interpreted(fn):
     from triton.runtime.interpreter import InterpretedFunction

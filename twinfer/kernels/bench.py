@@ -21,7 +21,9 @@ import datetime
 import functools
 import itertools
 import json
+import statistics
 import sys
+import time
 import traceback
 
 import torch
@@ -43,10 +45,51 @@ def time_ms(fn, quick=False) -> float:
     return float(do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5]))
 
 
+def graph_ms(calls, reps=20) -> float:
+    """Median milliseconds per call when one CUDA graph makes every call in ``calls`` (one
+    per rotated input set): device time, free of CPU launch overhead."""
+    if DEVICE != "cuda":  # the CPU smoke test of this script
+        for call in calls:
+            call()
+        return 1.0
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:  # warm-up outside the capture (compilation, allocator)
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(calls))
+    return statistics.median(times)
+
+
+def cpu_us(fn, n=200) -> float:
+    """Host microseconds per call (launch overhead: Python, argument binding, driver)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return 1e6 * elapsed / n
+
+
 def rotating(make, nbytes: int):
     """Copies of the inputs from make(), enough that consecutive calls touch > 4x L2."""
     l2 = torch.cuda.get_device_properties(0).L2_cache_size if DEVICE == "cuda" else 1 << 20
-    count = 1 if nbytes >= 4 * l2 else min(16, -(-4 * l2 // max(nbytes, 1)))
+    count = 1 if nbytes >= 4 * l2 else min(64, -(-4 * l2 // max(nbytes, 1)))
     sets = [make() for _ in range(count)]
     cycle = itertools.cycle(sets)
     return sets, lambda: next(cycle)
@@ -100,11 +143,19 @@ def _contiguous_phase(row, dims, seq_lens, kv_bytes, quick):
     """Triton on a contiguous cache, then SDPA (flash) on the very same tensors."""
     sets, nxt = rotating(lambda: _decode_inputs(*dims), kv_bytes)
     row["triton_us"] = 1e3 * time_ms(lambda: flash_decode(*nxt(), seq_lens), quick)
+    row["triton_graph_us"] = 1e3 * graph_ms(
+        [functools.partial(flash_decode, *s, seq_lens) for s in sets])
+    if kv_bytes < 256 << 20:
+        row["triton_cpu_us"] = cpu_us(functools.partial(flash_decode, *sets[0], seq_lens))
     try:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             row["sdpa_us"] = 1e3 * time_ms(lambda: _sdpa(*nxt()), quick)
+            row["sdpa_graph_us"] = 1e3 * graph_ms([functools.partial(_sdpa, *s) for s in sets])
+            if kv_bytes < 256 << 20:
+                row["sdpa_cpu_us"] = cpu_us(functools.partial(_sdpa, *sets[0]))
             ref = _sdpa(*sets[0])
         row["speedup"] = row["sdpa_us"] / row["triton_us"]
+        row["graph_speedup"] = row["sdpa_graph_us"] / row["triton_graph_us"]
         out, _ = flash_decode(*sets[0], seq_lens)
         row["max_diff_vs_sdpa"] = (out.float() - ref.float()).abs().max().item()
     except RuntimeError as err:  # e.g. no flash backend for this shape
@@ -120,14 +171,17 @@ def _paged_phase(row, q, dims, seq_lens, kv_bytes, quick, page_sizes):
     for page_size in page_sizes:
         table = _table(batch, ctx, page_size, gen)
 
-        def paged_fn(page_size=page_size, table=table):
-            k16, v16 = nxt()
+        def paged_fn(pages, page_size=page_size, table=table):
+            k16, v16 = pages
             k_pages = k16.view(-1, page_size, kv_heads, head_dim)
             v_pages = v16.view(-1, page_size, kv_heads, head_dim)
             return paged_flash_decode(q, k_pages, v_pages, table, seq_lens)
 
-        row[f"paged{page_size}_us"] = 1e3 * time_ms(paged_fn, quick)
-        row[f"paged{page_size}_vs_contig"] = row[f"paged{page_size}_us"] / row["triton_us"]
+        key = f"paged{page_size}"
+        row[f"{key}_us"] = 1e3 * time_ms(lambda f=paged_fn: f(nxt()), quick)
+        row[f"{key}_vs_contig"] = row[f"{key}_us"] / row["triton_us"]
+        row[f"{key}_graph_us"] = 1e3 * graph_ms([functools.partial(paged_fn, s) for s in sets])
+        row[f"{key}_graph_vs_contig"] = row[f"{key}_graph_us"] / row["triton_graph_us"]
 
 
 def bench_decode_shape(name, batch, ctx, copy_gbps, quick, page_sizes=(16, 64)) -> dict:
@@ -139,6 +193,8 @@ def bench_decode_shape(name, batch, ctx, copy_gbps, quick, page_sizes=(16, 64)) 
     q = _contiguous_phase(row, dims, seq_lens, kv_bytes, quick)
     row["gbps"] = kv_bytes / row["triton_us"] / 1e3
     row["pct_copy"] = 100 * row["gbps"] / copy_gbps
+    row["graph_gbps"] = kv_bytes / row["triton_graph_us"] / 1e3
+    row["graph_pct_copy"] = 100 * row["graph_gbps"] / copy_gbps
     torch.cuda.empty_cache()
     _paged_phase(row, q, dims, seq_lens, kv_bytes, quick, page_sizes)
     torch.cuda.empty_cache()
@@ -154,39 +210,43 @@ def fits(name, batch, ctx) -> bool:
 
 def _split_row(name, batch, ctx):
     q_heads, kv_heads, head_dim = SHAPES[name]
-    q, k, v = _decode_inputs(batch, q_heads, kv_heads, ctx, head_dim)
+    kv_bytes = 2 * batch * kv_heads * ctx * head_dim * 2
+    sets, _ = rotating(lambda: _decode_inputs(batch, q_heads, kv_heads, ctx, head_dim),
+                       kv_bytes)
     seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=DEVICE)
-    run = functools.partial(flash_decode, q, k, v, seq_lens)
-    times = {s: 1e3 * time_ms(functools.partial(run, num_splits=s), True)
-             for s in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)}
+
+    def timed(**kw):
+        return 1e3 * graph_ms([functools.partial(flash_decode, *s, seq_lens, **kw)
+                               for s in sets], reps=10)
+
+    times = {s: timed(num_splits=s) for s in SPLIT_SWEEP}
     best = min(times, key=times.get)
-    return {"shape": name, "batch": batch, "ctx": ctx, "us_by_splits": times,
-            "best_splits": best, "default_us": 1e3 * time_ms(run, True)}
+    return {"shape": name, "batch": batch, "ctx": ctx, "graph_us_by_splits": times,
+            "best_splits": best, "default_graph_us": timed()}
 
 
 def sweep_splits() -> list[dict]:
-    """Time stage 1 + merge for split counts 1..128 (the heuristic's ground truth)."""
+    """Graph-time stage 1 + merge for split counts 1..128 (the heuristic's ground truth)."""
     rows = []
-    cases = [("gqa", b, c) for b in (1, 8, 32) for c in (1024, 8192, 32768, 131072)]
-    cases += [("mha", b, c) for b in (1, 8) for c in (8192, 32768)]
+    cases = [("gqa", b, c) for b in (1, 8, 32, 64) for c in (1024, 8192, 32768, 131072)]
+    cases += [("mha", b, c) for b in (1, 8, 32) for c in (1024, 8192, 32768)]
     for name, batch, ctx in cases:
         if fits(name, batch, ctx):
             rows.append(_split_row(name, batch, ctx))
             r = rows[-1]
             print(f"splits {name} b={batch} ctx={ctx}: best {r['best_splits']} "
-                  f"({r['us_by_splits'][r['best_splits']]:.1f} us), default "
-                  f"{r['default_us']:.1f} us", flush=True)
+                  f"({r['graph_us_by_splits'][r['best_splits']]:.1f} us), default "
+                  f"{r['default_graph_us']:.1f} us", flush=True)
             torch.cuda.empty_cache()
     return rows
 
 
+SPLIT_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 TILE_SWEEP = {
     "contiguous": [DecodeTiles(n, 4, st) for n in (32, 64, 128) for st in (2, 3, 4)]
     + [DecodeTiles(64, 8, 3), DecodeTiles(128, 8, 3)],
-    "paged16": [DecodeTiles(n, 4, st) for n in (64, 128) for st in (2, 3, 4)]
-    + [DecodeTiles(n, 4, 1, prefetch=True) for n in (32, 64)],
-    "paged64": [DecodeTiles(64, 4, 3), DecodeTiles(128, 4, 3),
-                DecodeTiles(64, 4, 1, prefetch=True)],
+    "paged16": [DecodeTiles(n, 4, st) for n in (64, 128) for st in (2, 3, 4)],
+    "paged64": [DecodeTiles(64, 4, 3), DecodeTiles(128, 4, 3), DecodeTiles(128, 4, 4)],
 }
 
 
@@ -208,11 +268,12 @@ def _tile_rows(name, batch, ctx):
     for layout, configs in TILE_SWEEP.items():
         for tiles in configs:
             row = {"shape": name, "batch": batch, "ctx": ctx, "layout": layout,
-                   "tiles": [tiles.block_n, tiles.num_warps, tiles.num_stages, tiles.prefetch]}
+                   "tiles": [tiles.block_n, tiles.num_warps, tiles.num_stages]}
             try:
-                row["us"] = 1e3 * time_ms(functools.partial(runs[layout], tiles=tiles), True)
-                print(f"tiles {name} b={batch} ctx={ctx} {layout} {tiles}: {row['us']:.1f} us",
-                      flush=True)
+                row["graph_us"] = 1e3 * graph_ms([functools.partial(runs[layout], tiles=tiles)],
+                                                 reps=10)
+                print(f"tiles {name} b={batch} ctx={ctx} {layout} {tiles}: "
+                      f"{row['graph_us']:.1f} us", flush=True)
             except Exception as err:  # out of shared memory, for instance
                 row["error"] = str(err).splitlines()[0][:200]
             rows.append(row)
@@ -229,14 +290,18 @@ def sweep_tiles() -> list[dict]:
 
 
 def print_decode_table(rows) -> None:
-    head = (f"{'shape':5} {'batch':>5} {'ctx':>7} {'triton_us':>10} {'GB/s':>7} {'%copy':>6} "
-            f"{'sdpa_us':>9} {'x_sdpa':>7} {'pg16/c':>7} {'pg64/c':>7}")
-    print(head)
+    nan = float("nan")
+    print(f"{'shape':5} {'batch':>5} {'ctx':>7} | {'triton_us':>9} {'GB/s':>6} {'%copy':>6} "
+          f"{'sdpa_us':>9} {'x_sdpa':>6} | graph: {'triton':>8} {'sdpa':>8} {'x':>5} "
+          f"{'%copy':>6} | {'pg16/c':>6} {'pg64/c':>6} | {'cpu_us':>6}")
     for r in rows:
-        print(f"{r['shape']:5} {r['batch']:>5} {r['ctx']:>7} {r['triton_us']:>10.1f} "
-              f"{r['gbps']:>7.0f} {r['pct_copy']:>6.1f} {r.get('sdpa_us', float('nan')):>9.1f} "
-              f"{r.get('speedup', float('nan')):>7.2f} {r.get('paged16_vs_contig', 0):>7.3f} "
-              f"{r.get('paged64_vs_contig', 0):>7.3f}", flush=True)
+        print(f"{r['shape']:5} {r['batch']:>5} {r['ctx']:>7} | {r['triton_us']:>9.1f} "
+              f"{r['gbps']:>6.0f} {r['pct_copy']:>6.1f} {r.get('sdpa_us', nan):>9.1f} "
+              f"{r.get('speedup', nan):>6.2f} |        {r['triton_graph_us']:>8.1f} "
+              f"{r.get('sdpa_graph_us', nan):>8.1f} {r.get('graph_speedup', nan):>5.2f} "
+              f"{r['graph_pct_copy']:>6.1f} | {r.get('paged16_vs_contig', nan):>6.3f} "
+              f"{r.get('paged64_vs_contig', nan):>6.3f} | {r.get('triton_cpu_us', nan):>6.1f}",
+              flush=True)
 
 
 def main(argv=None) -> int:
@@ -271,7 +336,7 @@ def main(argv=None) -> int:
     if "ops" in sections:
         from twinfer.kernels.bench_ops import bench_ops
 
-        steps.append(("ops", lambda: bench_ops(args.quick, time_ms, DEVICE)))
+        steps.append(("ops", lambda: bench_ops(args.quick, time_ms, DEVICE, cpu_us)))
     failed = False
     for key, step in steps:
         try:

@@ -76,7 +76,7 @@ def bench_prefill(time_ms, quick, device) -> list[dict]:
     return rows
 
 
-def bench_norm_rope(time_ms, quick, device) -> list[dict]:
+def bench_norm_rope(time_ms, quick, device, cpu_us=None) -> list[dict]:
     rows = []
     hidden, q_heads, kv_heads, head_dim = 4096, 32, 8, 128
     w = torch.randn(hidden, dtype=torch.bfloat16, device=device)
@@ -107,6 +107,8 @@ def bench_norm_rope(time_ms, quick, device) -> list[dict]:
             row = {"op": op, "tokens": tokens}
             for impl, fn in impls.items():
                 row[f"{impl}_us"] = 1e3 * time_ms(fn, quick)
+                if cpu_us is not None:
+                    row[f"{impl}_cpu"] = cpu_us(fn)
             best_torch = min(v for key, v in row.items() if key.endswith("_us")
                              and not key.startswith("triton"))
             row["speedup_vs_best_torch"] = best_torch / row["triton_us"]
@@ -117,6 +119,7 @@ def bench_norm_rope(time_ms, quick, device) -> list[dict]:
     return rows
 
 
-def bench_ops(quick: bool, time_ms, device="cuda") -> dict:
+def bench_ops(quick: bool, time_ms, device="cuda", cpu_us=None) -> dict:
+    """Prefill and norm/RoPE tables; ``cpu_us(fn)`` (optional) adds host launch costs."""
     return {"prefill": bench_prefill(time_ms, quick, device),
-            "norm_rope": bench_norm_rope(time_ms, quick, device)}
+            "norm_rope": bench_norm_rope(time_ms, quick, device, cpu_us)}

@@ -21,66 +21,83 @@ whose parts are all empty gets ``out = 0`` and ``lse = -inf``. LSEs are natural 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, interpreting, launchable, use_triton
+from twinfer.kernels.backend import Backend, interpreting, launchable, next_pow2, use_triton
 
 
 @triton.jit
 def _lse_combine_kernel(
-    o_ptr, lse_ptr, out_ptr, out_lse_ptr,
-    n_rows, n_parts, stride_op, stride_lp,
-    HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    o_ptr, lse_ptr, out_ptr, out_lse_ptr, n_rows, n_parts,
+    HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    # One program merges every part of BLOCK_R rows (a row: one query token, one head).
+    # One program merges all parts of BLOCK_R rows (a row: one query token of one head).
+    # Parts are contiguous [n_parts, n_rows, HEAD_DIM] / [n_parts, n_rows].
     offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     mask_r = offs_r < n_rows
-    mask = mask_r[:, None] & (offs_d[None, :] < HEAD_DIM)
+    mask_d = offs_d < HEAD_DIM
 
-    # Online merge over the parts: m_i is the running maximum LSE, l_i the running sum
-    # of exp(lse_p - m_i), acc the running weighted output.
+    # Online merge over chunks of BLOCK_S parts, loaded at once (the merge is
+    # latency-bound: one round trip per chunk, not per part). m_i is the running
+    # maximum LSE, l_i the running sum of exp(lse_p - m_i), acc the weighted output.
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    for part in range(0, n_parts):
-        lse = tl.load(lse_ptr + part * stride_lp + offs_r, mask=mask_r, other=float("-inf"))
-        m_new = tl.maximum(m_i, lse)
+    for start_s in range(0, n_parts, BLOCK_S):
+        parts = start_s + offs_s
+        mask_rs = mask_r[:, None] & (parts[None, :] < n_parts)  # [R, S]
+        lse = tl.load(lse_ptr + parts[None, :] * n_rows + offs_r[:, None], mask=mask_rs,
+                      other=float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(lse, 1))
         # While every part seen so far is empty, m_new is -inf: shift by 0 instead so
         # that exp() sees -inf - 0 = -inf (weight 0) rather than -inf - -inf = NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
-        w = tl.exp(lse - m_safe)
-        o_ptrs = o_ptr + part * stride_op + offs_r[:, None] * HEAD_DIM + offs_d[None, :]
-        o = tl.load(o_ptrs, mask=mask, other=0.0).to(tl.float32)
+        w = tl.exp(lse - m_safe[:, None])  # [R, S]
+        rows = parts[None, :, None] * n_rows + offs_r[:, None, None]  # [R, S, 1]
+        o = tl.load(o_ptr + rows * HEAD_DIM + offs_d[None, None, :],
+                    mask=mask_rs[:, :, None] & mask_d[None, None, :], other=0.0)
         # An empty part's output is meaningless (it may be NaN): never multiply it by 0.
-        o = tl.where(w[:, None] > 0.0, o, 0.0)
-        acc = acc * alpha[:, None] + w[:, None] * o
-        l_i = l_i * alpha + w
+        o = tl.where(w[:, :, None] > 0.0, o.to(tl.float32), 0.0)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, 1)
+        l_i = l_i * alpha + tl.sum(w, 1)
         m_i = m_new
 
     nonempty = l_i > 0.0
     l_safe = tl.where(nonempty, l_i, 1.0)
     out = acc / l_safe[:, None]
     out_ptrs = out_ptr + offs_r[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_r[:, None] & mask_d[None, :])
     tl.store(out_lse_ptr + offs_r, tl.where(nonempty, m_i + tl.log(l_safe), float("-inf")),
              mask=mask_r)
 
 
+@functools.lru_cache(maxsize=256)
+def _combine_plan(n_parts: int, rows: int, head_dim: int, interp: bool):
+    block_d = max(16, next_pow2(head_dim))
+    if interp:  # few, large programs: the interpreter pays per program
+        block_r, block_s = 64, min(8, next_pow2(n_parts))
+    else:  # many small programs: rows of a small batch spread over the SMs
+        block_s = min(16, next_pow2(n_parts))
+        block_r = 1 if rows <= 4096 else 4
+    grid = (-(-rows // block_r),)
+    return launchable(_lse_combine_kernel), grid, dict(
+        HEAD_DIM=head_dim, BLOCK_R=block_r, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4)
+
+
 def combine_into(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse: torch.Tensor):
-    """Launch the merge kernel: outs [n_parts, rows, D], lses [n_parts, rows] (contiguous
-    rows) into out [rows, D] and lse [rows] fp32 (both contiguous)."""
+    """Launch the merge kernel: outs [n_parts, rows, D] and lses [n_parts, rows]
+    (contiguous) into out [rows, D] and lse [rows] fp32 (contiguous, any leading shape)."""
     n_parts, rows, head_dim = outs.shape
-    block_d = triton.next_power_of_2(head_dim)
-    block_r = 64 if interpreting() else max(1, 2048 // block_d)
-    launchable(_lse_combine_kernel)[(triton.cdiv(rows, block_r),)](
-        outs, lses, out, lse,
-        rows, n_parts, outs.stride(0), lses.stride(0),
-        HEAD_DIM=head_dim, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
-    )
+    kernel, grid, constexprs = _combine_plan(n_parts, rows, head_dim, interpreting())
+    kernel[grid](outs, lses, out, lse, rows, n_parts, **constexprs)
 
 
 def lse_combine_ref(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ zero output and ``lse = -inf``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -38,7 +39,14 @@ import torch
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, interpreting, launchable, sm_count, use_triton
+from twinfer.kernels.backend import (
+    Backend,
+    interpreting,
+    launchable,
+    next_pow2,
+    sm_count,
+    use_triton,
+)
 from twinfer.kernels.combine import combine_into
 
 LOG2E = 1.4426950408889634
@@ -48,21 +56,21 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 @triton.jit
 def _split_kv_decode_kernel(
     q_ptr, k_ptr, v_ptr, seq_lens_ptr, block_table_ptr, o_ptr, lse_ptr,
-    stride_qb, stride_qt, stride_qh,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_tb,
-    stride_os, stride_ob, stride_ot, stride_oh,
-    stride_ls, stride_lb, stride_lt,
+    stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_tb,
     qk_scale, num_splits,
     Q_LEN: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    PREFETCH: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    # Grid: (kv_heads, batch, num_splits). q, o and lse are contiguous [.., q_heads, D]
+    # tensors the launcher owns, so their strides follow from the grid (fewer arguments,
+    # cheaper launches); K/V may be any strided view.
     kv_head = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
+    q_heads = tl.num_programs(0) * GROUP
+    rows_per_split = tl.num_programs(1) * Q_LEN * q_heads
 
     # Each sequence divides its own length into num_splits chunks of whole BLOCK_N
     # tiles, so short and long sequences of one batch both use every split.
@@ -79,11 +87,11 @@ def _split_kv_decode_kernel(
     head_m = kv_head * GROUP + offs_m % GROUP
     mask_m = offs_m < Q_LEN * GROUP
     mask_d = offs_d < HEAD_DIM
+    row_m = (batch * Q_LEN + tok_m) * q_heads + head_m  # row of q / out / lse
 
     # The group's queries stay in registers for the whole loop.
-    q_ptrs = (q_ptr + batch * stride_qb + tok_m[:, None] * stride_qt
-              + head_m[:, None] * stride_qh + offs_d[None, :])
-    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = tl.load(q_ptr + row_m[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
     # Causal limit among the new tokens: row r sees keys up to its own position.
@@ -96,18 +104,7 @@ def _split_kv_decode_kernel(
     k_head = k_ptr + kv_head * stride_kh
     v_head = v_ptr + kv_head * stride_vh
 
-    # With PREFETCH, K/V are double-buffered in registers: iteration j issues the loads
-    # of tile j and computes tile j - 1, so a load is always in flight during the math
-    # (one extra, fully masked iteration at each end). Without it, Triton's software
-    # pipeliner stages the loads through shared memory instead.
-    loop_end = end
-    if PREFETCH:
-        k_prev = tl.zeros([BLOCK_N, BLOCK_D], k_ptr.dtype.element_ty)
-        v_prev = tl.zeros([BLOCK_N, BLOCK_D], v_ptr.dtype.element_ty)
-        cols_prev = start - BLOCK_N + offs_n
-        loop_end = end + BLOCK_N
-
-    for start_n in range(start, loop_end, BLOCK_N):
+    for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < end
         # Where do this tile's K/V rows live?
@@ -115,8 +112,7 @@ def _split_kv_decode_kernel(
             if PAGE_SIZE >= BLOCK_N:
                 # Tiles never straddle pages (split_len and PAGE_SIZE are multiples of
                 # BLOCK_N): one block-table entry per tile.
-                page = tl.load(block_table_ptr + batch * stride_tb + start_n // PAGE_SIZE,
-                               mask=start_n < end, other=0)
+                page = tl.load(block_table_ptr + batch * stride_tb + start_n // PAGE_SIZE)
             else:
                 page = tl.load(block_table_ptr + batch * stride_tb + cols // PAGE_SIZE,
                                mask=mask_n, other=0)
@@ -129,11 +125,6 @@ def _split_kv_decode_kernel(
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if PREFETCH:
-            k, k_prev = k_prev, k
-            v, v_prev = v_prev, v
-            cols, cols_prev = cols_prev, cols
-            mask_n = (cols >= start) & (cols < end)
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -160,11 +151,9 @@ def _split_kv_decode_kernel(
     l_safe = tl.where(nonempty, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
-    o_ptrs = (o_ptr + split * stride_os + batch * stride_ob + tok_m[:, None] * stride_ot
-              + head_m[:, None] * stride_oh + offs_d[None, :])
+    o_ptrs = o_ptr + (split * rows_per_split + row_m)[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-    lse_ptrs = lse_ptr + split * stride_ls + batch * stride_lb + tok_m * stride_lt + head_m
-    tl.store(lse_ptrs, lse, mask=mask_m)
+    tl.store(lse_ptr + split * rows_per_split + row_m, lse, mask=mask_m)
 
 
 @dataclass(frozen=True)
@@ -174,19 +163,23 @@ class DecodeTiles:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 3
-    prefetch: bool = False  # register double-buffering instead of the Triton pipeliner
 
 
-def default_tiles(head_dim: int, block_m: int) -> DecodeTiles:
-    """Tiles measured best on an H200 (see docs/BENCHMARKS.md); small under the
-    interpreter, where every tile costs Python time."""
+def default_tiles(head_dim: int, block_m: int, paged: bool) -> DecodeTiles:
+    """Tiles measured best on an H200 (docs/BENCHMARKS.md); small under the interpreter,
+    where every tile costs Python time. Paged K/V rows are gathered through the block
+    table, which Triton's pipeliner cannot prefetch as deeply as a contiguous stream,
+    so the paged kernel moves more bytes per tile instead."""
     if interpreting():
         return DecodeTiles(block_n=16, num_warps=1, num_stages=1)
     if block_m > 64 or head_dim > 128:
         return DecodeTiles(block_n=32, num_warps=4, num_stages=3)
+    if paged:
+        return DecodeTiles(block_n=128, num_warps=4, num_stages=3)
     return DecodeTiles(block_n=64, num_warps=4, num_stages=3)
 
 
+@functools.lru_cache(maxsize=1024)
 def choose_num_splits(
     batch: int, kv_heads: int, context: int, sms: int, block_n: int = 64,
     ctas_per_sm: int = 2, min_split_tokens: int = 512, max_splits: int = 64,
@@ -213,71 +206,82 @@ def choose_num_splits(
     return next(s for s in range(1, cap + 1) if wave_efficiency(s) >= 0.9 * best)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about a launch that depends only on shapes (cached per shape)."""
+
+    kernel: object
+    grid: tuple[int, int, int]
+    num_splits: int
+    constexprs: dict
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(batch, q_len, q_heads, kv_heads, head_dim, capacity, dtype, page_size, num_splits,
+          tiles, sms, interp) -> _Plan:
+    paged = page_size > 0
+    group = q_heads // kv_heads
+    block_m = max(16, next_pow2(q_len * group))
+    tiles = tiles or default_tiles(head_dim, block_m, paged)
+    if num_splits is None:
+        num_splits = choose_num_splits(batch, kv_heads, capacity, sms, tiles.block_n)
+    num_splits = max(1, min(num_splits, -(-max(capacity, 1) // tiles.block_n)))
+    constexprs = dict(
+        Q_LEN=q_len, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=tiles.block_n,
+        BLOCK_D=max(16, next_pow2(head_dim)), PAGED=paged, PAGE_SIZE=max(page_size, 1),
+        UPCAST=interp, DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )
+    return _Plan(launchable(_split_kv_decode_kernel), (kv_heads, batch, num_splits),
+                 num_splits, constexprs)
+
+
 def _decode(q, k, v, seq_lens, block_table, page_size, sm_scale, num_splits, tiles):
-    """Shared launcher of the contiguous and the paged decode."""
-    paged = block_table is not None
-    q4 = q if q.dim() == 4 else q.unsqueeze(1)  # [batch, q_len, q_heads, head_dim]
-    batch, q_len, q_heads, head_dim = q4.shape
-    if paged:
+    """Shared launcher of the contiguous (page_size 0) and the paged decode. Kept lean:
+    at small batch and context the GPU work is a few microseconds."""
+    if q.dim() == 4:
+        batch, q_len, q_heads, head_dim = q.shape
+    else:
+        (batch, q_heads, head_dim), q_len = q.shape, 1
+    if page_size:
         kv_heads, capacity = k.shape[2], block_table.shape[1] * page_size
+        k_strides = (k.stride(0), k.stride(2), k.stride(1))  # page, head, row in page
+        v_strides = (v.stride(0), v.stride(2), v.stride(1))
     else:
         kv_heads, capacity = k.shape[1], k.shape[2]
+        k_strides = (k.stride(0), k.stride(1), k.stride(2))  # batch, head, token
+        v_strides = (v.stride(0), v.stride(1), v.stride(2))
     if q_heads % kv_heads or k.shape[-1] != head_dim or v.shape != k.shape:
         raise ValueError(f"bad shapes: q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}")
     if q.dtype != k.dtype or k.dtype != v.dtype:
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if q4.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
-        raise ValueError("head_dim must be the contiguous last dimension of q, k and v")
-    group = q_heads // kv_heads
-    block_m = max(16, triton.next_power_of_2(q_len * group))
-    tiles = tiles or default_tiles(head_dim, block_m)
-    if num_splits is None:
-        num_splits = choose_num_splits(batch, kv_heads, capacity, sm_count(q.device),
-                                       tiles.block_n)
-    num_splits = max(1, min(num_splits, triton.cdiv(max(capacity, 1), tiles.block_n)))
-    sm_scale = head_dim ** -0.5 if sm_scale is None else sm_scale
-    seq_lens = seq_lens.to(device=q.device, dtype=torch.int32)
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("head_dim must be the contiguous last dimension of k and v")
+    if not q.is_contiguous():
+        q = q.contiguous()
+    if seq_lens.dtype != torch.int32:
+        seq_lens = seq_lens.to(torch.int32)
+    plan = _plan(batch, q_len, q_heads, kv_heads, head_dim, capacity, q.dtype, page_size,
+                 num_splits, tiles, sm_count(q.device), interpreting())
+    splits = plan.num_splits
 
-    out = torch.empty_like(q4)
-    lse = torch.empty((batch, q_len, q_heads), dtype=torch.float32, device=q.device)
-    if num_splits == 1:
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+    if splits == 1:  # stage 1 writes the final result
         o_part, lse_part = out, lse
-        o_strides = (0, *out.stride()[:3])
-        l_strides = (0, *lse.stride()[:2])
     else:
-        o_part = torch.empty((num_splits, batch, q_len, q_heads, head_dim),
-                             dtype=torch.float32, device=q.device)
-        lse_part = torch.empty((num_splits, batch, q_len, q_heads),
-                               dtype=torch.float32, device=q.device)
-        o_strides = o_part.stride()[:4]
-        l_strides = lse_part.stride()[:3]
-    if paged:
-        k_strides = (k.stride(0), k.stride(2), k.stride(1))  # page, head, row-in-page
-        v_strides = (v.stride(0), v.stride(2), v.stride(1))
-        table, stride_tb = block_table, block_table.stride(0)
-    else:
-        k_strides = (k.stride(0), k.stride(1), k.stride(2))  # batch, head, token
-        v_strides = (v.stride(0), v.stride(1), v.stride(2))
-        table, stride_tb = seq_lens, 0
-    grid = (kv_heads, batch, num_splits)
-    launchable(_split_kv_decode_kernel)[grid](
-        q4, k, v, seq_lens, table, o_part, lse_part,
-        q4.stride(0), q4.stride(1), q4.stride(2),
-        *k_strides, *v_strides, stride_tb, *o_strides, *l_strides,
-        sm_scale * LOG2E, num_splits,
-        Q_LEN=q_len, GROUP=group, HEAD_DIM=head_dim,
-        BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        PAGED=paged, PAGE_SIZE=page_size if paged else 1, PREFETCH=tiles.prefetch,
-        UPCAST=interpreting(), DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )
-    if num_splits > 1:
         rows = batch * q_len * q_heads
-        combine_into(o_part.view(num_splits, rows, head_dim), lse_part.view(num_splits, rows),
-                     out.view(rows, head_dim), lse.view(rows))
-    if q.dim() == 3:
-        return out.view(batch, q_heads, head_dim), lse.view(batch, q_heads)
+        o_part = torch.empty((splits, rows, head_dim), dtype=torch.float32, device=q.device)
+        lse_part = torch.empty((splits, rows), dtype=torch.float32, device=q.device)
+    table = block_table if page_size else seq_lens
+    scale = head_dim ** -0.5 if sm_scale is None else sm_scale
+    plan.kernel[plan.grid](
+        q, k, v, seq_lens, table, o_part, lse_part, *k_strides, *v_strides,
+        table.stride(0), scale * LOG2E, splits, **plan.constexprs,
+    )
+    if splits > 1:
+        combine_into(o_part, lse_part, out, lse)
     return out, lse
 
 
@@ -304,7 +308,7 @@ def flash_decode(
     """
     if not use_triton(backend, q):
         return flash_decode_ref(q, k_cache, v_cache, seq_lens, sm_scale=sm_scale)
-    return _decode(q, k_cache, v_cache, seq_lens, None, 1, sm_scale, num_splits, tiles)
+    return _decode(q, k_cache, v_cache, seq_lens, None, 0, sm_scale, num_splits, tiles)
 
 
 def paged_flash_decode(
@@ -332,8 +336,10 @@ def paged_flash_decode(
     if not use_triton(backend, q):
         return paged_flash_decode_ref(q, k_pages, v_pages, block_table, seq_lens,
                                       sm_scale=sm_scale)
-    return _decode(q, k_pages, v_pages, seq_lens, block_table.to(torch.int32), page_size,
-                   sm_scale, num_splits, tiles)
+    if block_table.dtype != torch.int32:
+        block_table = block_table.to(torch.int32)
+    return _decode(q, k_pages, v_pages, seq_lens, block_table, page_size, sm_scale,
+                   num_splits, tiles)
 
 
 def flash_decode_ref(

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, launchable, use_triton
+from twinfer.kernels.backend import Backend, launchable, next_pow2, use_triton
 
 # Set from the H200 benchmark (docs/BENCHMARKS.md): does "auto" use the Triton kernels on
 # CUDA tensors?
@@ -115,7 +115,7 @@ def _rmsnorm(x, weight, eps, residual):
     out = torch.empty_like(x2)
     res_in = x2 if residual is None else residual.reshape(-1, hidden)
     res_out = out if residual is None else torch.empty_like(x2)
-    block = triton.next_power_of_2(hidden)
+    block = next_pow2(hidden)
     if x2.shape[0]:
         launchable(_rmsnorm_kernel)[(x2.shape[0],)](
             x2, res_in, weight, out, res_out,
@@ -204,8 +204,8 @@ def apply_rope(
             q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
             cos_sin.stride(0), q_heads, k.shape[1],
-            HALF=half, BLOCK_HQ=triton.next_power_of_2(q_heads),
-            BLOCK_HK=triton.next_power_of_2(k.shape[1]),
-            BLOCK_HALF=triton.next_power_of_2(half), num_warps=4,
+            HALF=half, BLOCK_HQ=next_pow2(q_heads),
+            BLOCK_HK=next_pow2(k.shape[1]),
+            BLOCK_HALF=next_pow2(half), num_warps=4,
         )
     return q_out, k_out

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, launchable, use_triton
+from twinfer.kernels.backend import Backend, launchable, next_pow2, use_triton
 
 
 @triton.jit
@@ -90,7 +90,7 @@ def paged_kv_append(
         return
     if k_new.stride(-1) != 1 or v_new.stride(-1) != 1 or k_pages.stride(-1) != 1:
         raise ValueError("head_dim must be the contiguous last dimension")
-    block_h, block_d = triton.next_power_of_2(heads), triton.next_power_of_2(head_dim)
+    block_h, block_d = next_pow2(heads), next_pow2(head_dim)
     launchable(_kv_append_kernel)[(tokens,)](
         k_new, v_new, k_pages, v_pages, slot_mapping.to(torch.int64),
         k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
