@@ -17,8 +17,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from twinfer.calibration.replay import check_results
+from twinfer.compare import Comparison, compare
 from twinfer.sim import SimResult, simulate
-from twinfer.sim.profile import Profile, profile_from_dict, shipped_profiles
+from twinfer.sim.profile import Profile, load_profile, profile_from_dict, shipped_profiles
 from twinfer.spec import Scenario, SpecError
 from twinfer.ui import seqsweep
 from twinfer.ui.editor import parse
@@ -87,6 +89,20 @@ def seq_points(yaml_text: str, label: str, layout_json: str, lengths: tuple[int,
     scenario = scenario_of(yaml_text)
     layout = json.loads(layout_json)
     return [seqsweep.predict_point(scenario, label, layout, n) for n in lengths]
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def compare_bytes(data: bytes, name: str, profile: str, stamp: tuple) -> Comparison:
+    """``twinfer.compare`` on an executor results JSON given as bytes; ``profile``: a
+    shipped profile for every GPU type, or "" for the scenario's own."""
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise SpecError(name, f"is not valid JSON{where}",
+                        "give a results JSON written by `twinfer exec`") from None
+    check_results(doc, name)
+    return compare(doc, load_profile(profile) if profile else None, source=name)
 
 
 def digest(data: bytes) -> str:

@@ -1,5 +1,77 @@
+"""The Sim vs real page: executor results JSONs (the shipped validation set and any
+the user drops in) against the twin's prediction of the same runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
 import streamlit as st
+
+from twinfer.compare import METRICS, Comparison
+from twinfer.sim.profile import shipped_profiles
+from twinfer.spec import SpecError
+from twinfer.ui import runs, validation
+
+OWN = "the scenario's own"
+
+
+def _sources() -> list[tuple[str, bytes]]:
+    """(name, bytes) of the shipped results the user keeps selected, then the uploads."""
+    shipped = validation.shipped_results()
+    out = []
+    if shipped:
+        names = {str(p.relative_to(validation.REPO)): p for p in shipped}
+        picked = st.sidebar.multiselect("Shipped validation results", list(names),
+                                        default=list(names), key="sr_shipped")
+        out += [(name, names[name].read_bytes()) for name in picked]
+    else:
+        st.info("No shipped validation results exist yet (executor results JSONs under "
+                "docs/ or validation/). Drop results JSONs written by `twinfer exec` in the "
+                "sidebar to compare them with the twin.")
+    uploads = st.sidebar.file_uploader("Add executor results JSONs", type=["json"],
+                                       accept_multiple_files=True, key="sr_upload")
+    out += [(u.name, u.getvalue()) for u in uploads or []]
+    return out
+
+
+def _compare_all(sources: list[tuple[str, bytes]], profile: str) -> list[Comparison]:
+    stamp = runs.profiles_stamp()
+    comps = []
+    for name, data in sources:
+        try:
+            comps.append(runs.compare_bytes(data, Path(name).name, profile, stamp))
+        except SpecError as exc:
+            st.error(str(exc))
+    return comps
 
 
 def render() -> None:
-    st.title("simreal")
+    st.title("Sim vs real")
+    st.caption("Each executor run is simulated with the same scenario, requests and layout; "
+               "error = (predicted - measured) / measured.")
+    profile = st.sidebar.selectbox("Twin profile", [OWN, *shipped_profiles()], key="sr_profile",
+                                   help="Simulate with this profile for every GPU type instead "
+                                   "of the one each run's scenario names.")
+    sources = _sources()
+    if not sources:
+        return
+    with st.spinner("Simulating the runs..."):
+        comps = _compare_all(sources, "" if profile == OWN else profile)
+    if not comps:
+        return
+    st.subheader(f"{len(comps)} run(s)")
+    st.dataframe(validation.summary_table(comps), hide_index=True, key="sr_summary",
+                 column_config={c: st.column_config.NumberColumn(format="%.1f")
+                                for c in ("median |err| %", "worst |err| %")})
+    scatter, dist, table = st.tabs(["Predicted vs measured", "Error distribution", "Runs"])
+    with scatter:
+        metric = st.selectbox("Metric", list(METRICS), index=METRICS.index("tpot_mean_s"),
+                              key="sr_metric")
+        st.plotly_chart(validation.scatter_figure(comps, metric), key="sr_scatter")
+    with dist:
+        st.plotly_chart(validation.error_figure(comps), key="sr_errors")
+    with table:
+        frame = validation.runs_table(comps)
+        st.dataframe(frame, hide_index=True, key="sr_runs", column_config={
+            c: st.column_config.NumberColumn(format="%.3f" if "ms" in c else "%.1f")
+            for c in frame.columns if frame[c].dtype.kind == "f"})
