@@ -33,10 +33,16 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason="needs mpiexec and mpi4py (Open MPI)")
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for item in items:
         if "mpi" in item.keywords and not HAS_MPI:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.skip(reason="needs mpiexec and mpi4py (Open MPI)"))
+        if "gpu" in item.keywords and gpus < 1:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "multigpu" in item.keywords and gpus < 2:
+            item.add_marker(pytest.mark.skip(reason="needs two CUDA GPUs"))
 
 
 @pytest.fixture
@@ -63,9 +69,9 @@ class ExecRun:
         self.logits_path = self.dir / "logits.npz"
         self.proc: subprocess.CompletedProcess | None = None
 
-    def run(self, *extra: str, env: dict[str, str] | None = None,
-            timeout: float = 150) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "twinfer.exec", str(self.scenario_path), "--device", "cpu",
+    def run(self, *extra: str, env: dict[str, str] | None = None, timeout: float = 150,
+            device: str = "cpu") -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "twinfer.exec", str(self.scenario_path), "--device", device,
                "--out", str(self.out), "--arrivals", "batch", "--dump-logits",
                str(self.logits_path), *extra]
         self.proc = subprocess.run(cmd, cwd=self.dir, env=rank_env(env), capture_output=True,
@@ -91,40 +97,43 @@ def exec_run(tmp_path):
     return lambda scenario, name="run": ExecRun(tmp_path, scenario, name)
 
 
-def reference_outputs(scenario: dict, source=None) -> dict[int, tuple[list[int], np.ndarray]]:
+def reference_outputs(scenario: dict, source=None,
+                      device: str = "cpu") -> dict[int, tuple[list[int], np.ndarray]]:
     """Greedy tokens and logits of every request from the cache-free single-process model."""
     from twinfer.exec.reference import greedy_reference, reference_model
     from twinfer.exec.text import sequences
     from twinfer.spec import scenario_from_dict
 
     sc = scenario_from_dict(scenario)
-    model = reference_model(sc.model, source)
+    model = reference_model(sc.model, source, device=device)
     out = {}
     for seq in sequences(sc.requests(), sc.model.vocab, sc.workload.seed):
         tokens, logits = greedy_reference(model, seq.prompt, seq.max_new)
-        out[seq.rid] = (tokens, logits.numpy())
+        out[seq.rid] = (tokens, logits.cpu().numpy())
     return out
 
 
-def assert_matches(got: dict[str, np.ndarray], expected: dict) -> None:
-    """Every request's tokens identical and logits within REL_TOL of the reference."""
+def assert_matches(got: dict[str, np.ndarray], expected: dict, rel_tol: float = REL_TOL) -> None:
+    """Every request's tokens identical and logits within ``rel_tol`` of the reference."""
     assert expected
     for rid, (tokens, logits) in expected.items():
         assert got[f"tokens_r{rid}"].tolist() == tokens, f"request {rid}: tokens differ"
         mine = got[f"r{rid}"]
         assert mine.shape == logits.shape, f"request {rid}: {mine.shape} vs {logits.shape}"
         rel = np.abs(mine - logits).max() / np.abs(logits).max()
-        assert rel <= REL_TOL, f"request {rid}: relative error {rel:.2e}"
+        assert rel <= rel_tol, f"request {rid}: relative error {rel:.2e}"
 
 
 @pytest.fixture
 def check_reference():
-    """``check(scenario, logits_npz_dict, source=None)``: compare with the reference."""
+    """``check(scenario, logits_npz_dict, source=None, device="cpu", rel_tol=1e-5)``:
+    compare an executor run with the reference on ``device``."""
 
-    def check(scenario: dict, got: dict, source=None) -> None:
+    def check(scenario: dict, got: dict, source=None, device: str = "cpu",
+              rel_tol: float = REL_TOL) -> None:
         import torch
 
         with torch.inference_mode():
-            assert_matches(got, reference_outputs(scenario, source))
+            assert_matches(got, reference_outputs(scenario, source, device), rel_tol)
 
     return check

@@ -20,10 +20,12 @@ in. `Groups` is passed explicitly to whatever communicates; nothing here is glob
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from twinfer.spec import PipelinePlan, Placement, SpecError, StagePlan
+
+if TYPE_CHECKING:  # the launcher imports this module and should not pay for torch
+    import torch.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,10 @@ def check_world(placement: Placement, world: int) -> None:
         raise SpecError("layout", f"needs {need} ranks (GPU ids {ids[0]}..{ids[-1]}; GPU id g "
                         f"runs on MPI rank g) but {world} were launched",
                         f"launch with -n {need} (twinfer exec --np {need})")
-    if placement.pool:
-        raise SpecError("layout.kind", "the executor does not run an FA Pool's attention pool",
-                        "execute the base layout (uniform or hetero); the pool is twin-only")
+    if placement.pool and (len(placement.pipelines) > 1
+                           or len(placement.pipelines[0].stages) > 1):
+        raise SpecError("layout.base", "the executor runs an FA Pool whose base is one "
+                        "pipeline stage", "use a base with pp=1 and replicas=1")
 
 
 def build_groups(placement: Placement, rank: int) -> Groups | None:
@@ -107,6 +110,8 @@ def build_groups(placement: Placement, rank: int) -> Groups | None:
 
     Returns None for a rank whose GPU id the placement does not use (it idles).
     """
+    import torch.distributed as dist
+
     mine: Groups | None = None
     tp_groups: dict[tuple[int, int], dist.ProcessGroup | None] = {}
     for p, pipe in enumerate(placement.pipelines):
