@@ -12,9 +12,9 @@ through this rank's stage). Three intervals are timed inside it:
 On CUDA, intervals are CUDA event pairs on the current stream (the time the GPU spent,
 not the time Python took to enqueue); events come from a pool and are read back lazily,
 a few dozen steps later, so timing adds no synchronization. On CPU they are
-``time.perf_counter`` intervals around blocking calls. A step replayed from a CUDA graph
-has no per-collective events: its ``comm_s`` and ``wait_s`` are None and only the span
-is measured.
+``time.perf_counter`` intervals around blocking calls. A decode step replayed from a
+CUDA graph has no per-collective events inside the graph: its ``comm_s`` is None and
+its ``compute_s`` includes the collectives (``wait_s``, outside the graph, is measured).
 """
 
 from __future__ import annotations
@@ -110,9 +110,9 @@ class StepTimer:
             self.records.append({
                 "step": p.step,
                 "span_s": span,
-                "compute_s": span - comm - wait,
+                "compute_s": span - wait - (0.0 if p.graphed else comm),
                 "comm_s": None if p.graphed else comm,
-                "wait_s": None if p.graphed else wait,
+                "wait_s": wait,
             })
 
     def flush(self) -> list[dict]:
