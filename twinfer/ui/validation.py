@@ -35,8 +35,9 @@ def is_results(data: bytes) -> bool:
     return isinstance(doc, dict) and str(doc.get("schema", "")).startswith(RESULTS_SCHEMA)
 
 
-def shipped_results(root: Path = REPO) -> list[Path]:
+def shipped_results(root: Path | None = None) -> list[Path]:
     """Executor results JSONs committed under docs/ or validation/ (sorted)."""
+    root = root or REPO
     found = []
     for top in SEARCHED:
         folder = root / top

@@ -1,0 +1,72 @@
+"""Fixtures of the dashboard tests: a profile with samples of every kind, a copy of
+the shipped profiles it can join, and a repository layout with validation results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from twinfer.sim import profile as sim_profile
+
+DATA = Path(__file__).parent / "data"
+# A real executor results JSON: the tiny model, TP=2 under mpiexec on the CPU, its
+# scenario declaring two H200s. The twin predicts H200 times for it, so the errors
+# are huge; the tests check the plumbing, not the numbers.
+RESULTS = DATA / "tiny_tp2_cpu_results.json"
+
+
+def sampled_profile_doc(name: str = "toy-sampled") -> dict:
+    """A profile whose every op has samples (times from a simple roofline: 1 TB/s,
+    100 TFLOP/s, plus 5 us per kernel) and whose NVLink collectives have points."""
+
+    def t(nbytes: float, flops: float = 0.0) -> float:
+        return 5e-6 + max(nbytes / 1e12, flops / 100e12)
+
+    gemm = [{"m": m, "n": n, "k": k, "time_s": t(2 * (m * k + k * n + m * n), 2 * m * n * k)}
+            for n, k in ((4096, 4096), (14336, 4096)) for m in (1, 16, 256, 4096)]
+    decode = [{"batch": b, "context": c, "q_heads": 32, "kv_heads": 8, "head_dim": 128,
+               "time_s": t(2 * b * c * 8 * 128 * 2)}
+              for b in (1, 8) for c in (256, 1024, 4096)]
+    prefill = [{"tokens": n, "q_heads": 32, "kv_heads": 8, "head_dim": 128,
+                "time_s": t(0, 2 * n * n * 32 * 128)} for n in (256, 1024, 4096)]
+    elementwise = [{"bytes": b, "time_s": t(b)} for b in (1 << 20, 1 << 24, 1 << 28)]
+    coll = [{"bytes": b, "time_s": 20e-6 + b / 200e9} for b in (4096, 1 << 20, 1 << 26)]
+    return {
+        "schema_version": 1, "name": name, "source": "measured",
+        "device": {"name": "Toy GPU", "memory_bytes": 80 * 2**30, "torch": "2.13.0",
+                   "date": "2026-01-01"},
+        "peaks": {"copy_bytes_per_s": 1e12, "matmul_flops_per_s": {"bf16": 100e12}},
+        "ops": {"gemm": {"dtype": "bf16", "samples": gemm},
+                "decode_attention": {"samples": decode},
+                "prefill_attention": {"samples": prefill},
+                "elementwise": {"samples": elementwise}},
+        "collectives": {"nvlink": {"all_reduce": {"2": {"alpha_s": 20e-6, "bytes_per_s": 200e9,
+                                                        "samples": coll}}}},
+        "notes": ["synthetic: for the dashboard tests"],
+    }
+
+
+@pytest.fixture
+def profiles_dir(tmp_path, monkeypatch) -> Path:
+    """The shipped profiles plus ``toy-sampled``, served as the shipped set."""
+    folder = tmp_path / "profiles"
+    shutil.copytree(sim_profile.profiles_dir(), folder)
+    (folder / "toy-sampled.json").write_text(json.dumps(sampled_profile_doc()))
+    monkeypatch.setattr(sim_profile, "profiles_dir", lambda: folder)
+    return folder
+
+
+@pytest.fixture
+def validation_repo(tmp_path, monkeypatch) -> Path:
+    """A repository root whose docs/validation holds one executor results JSON."""
+    from twinfer.ui import validation
+
+    root = tmp_path / "repo"
+    (root / "docs" / "validation").mkdir(parents=True)
+    shutil.copy(RESULTS, root / "docs" / "validation" / RESULTS.name)
+    (root / "docs" / "validation" / "not_results.json").write_text('{"schema": "other"}')
+    monkeypatch.setattr(validation, "REPO", root)
+    return root
