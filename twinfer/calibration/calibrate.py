@@ -10,6 +10,7 @@ twin's schema, written atomically, and the partial file removed.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,13 @@ def compute_groups(plan: SweepPlan, ops: tuple[str, ...]) -> Iterator[tuple[str,
         if "prefill_attention" in ops:
             yield f"prefill_attention/{name}", lambda b, h=h: {
                 "kind": "prefill_attention", "samples": sc.prefill_group(b, h)}
+
+
+def _load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
 
 
 def _say(text: str) -> None:
@@ -230,8 +238,10 @@ def calibrate(opts: CalibrateOptions) -> tuple[dict, Path]:
     store = PartialStore(partial_path(out), plan.fingerprint())
     if store.resumed and opts.progress:
         _say(f"resuming: {store.resumed} groups already measured in {store.path}")
+    load_before = _load_average()
     skipped = run_compute(plan, store, opts)
-    notes = list(opts.extra_notes)
+    notes = [*opts.extra_notes, f"host load average (1 min) {load_before} before the "
+             f"sweeps, {_load_average()} after: other work on the host skews timings"]
     if skipped:
         notes.append(f"time budget reached: {len(skipped)} compute groups not measured "
                      f"({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})")

@@ -10,9 +10,10 @@ default, and its users report large errors against real engines). The twin charg
 ``fit_overheads`` replays every step of one or more one-stage executor runs through
 the cost model with the overheads left out (``replay``) and fits
 ``measured - kernels = step_s + per_layer_s * layers`` by non-negative least squares
-over all steps, after dropping steps more than five median absolute deviations out
-(a stray stall of the host). The two terms can only be told apart by runs whose layer
-counts differ; with one layer count everything goes to ``step_s`` and the fit says so.
+over all steps. No step is dropped as an outlier: the host's occasional stalls are
+part of what a served token costs, and mean TPOT and TPS include them. The two terms
+can only be told apart by runs whose layer counts differ; with one layer count
+everything goes to ``step_s`` and the fit says so.
 
 ``comm_overlap`` stays 0: the executor issues its collectives on the compute stream,
 so its timeline's communication intervals are disjoint from compute and nothing is
@@ -32,8 +33,6 @@ from twinfer.calibration.replay import StepReplay, check_results, replay
 from twinfer.sim.profile import Overheads, Profile, load_profile
 from twinfer.spec import SpecError
 
-OUTLIER_MADS = 5.0
-
 
 @dataclass(frozen=True)
 class OverheadFit:
@@ -41,7 +40,6 @@ class OverheadFit:
     per_layer_s: float
     rms_s: float  # root mean square residual of the fit over the kept steps
     steps: int
-    dropped: int
     layer_counts: tuple[int, ...]
     cuda_graphs: bool
     comm_share: float  # measured communication share of the ranks' step time
@@ -51,7 +49,7 @@ class OverheadFit:
                  f"; one layer count ({self.layer_counts[0]}): all of it in step_s")
         return (f"overheads fitted from {self.steps} executor steps of "
                 f"{', '.join(sources)} (layers {list(self.layer_counts)}, CUDA graphs "
-                f"{self.cuda_graphs}, {self.dropped} outliers dropped): step_s "
+                f"{self.cuda_graphs}): step_s "
                 f"{self.step_s * 1e6:.1f} us, per_layer_s {self.per_layer_s * 1e6:.2f} us, "
                 f"residual rms {self.rms_s * 1e6:.1f} us{split}; comm_overlap 0 (collectives "
                 f"on the compute stream; measured comm share {self.comm_share:.1%})")
@@ -92,18 +90,15 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
                         "give results of runs without pipeline stages (pp=1)")
     extra = np.array([r.measured_s - r.kernels_s for r in rows])
     layers = np.array([r.layers for r in rows], dtype=float)
-    dev = np.abs(extra - np.median(extra))
-    keep = dev <= OUTLIER_MADS * max(float(np.median(dev)), 1e-9)
-    counts = tuple(sorted({int(v) for v in layers[keep]}))
+    counts = tuple(sorted({int(v) for v in layers}))
     if len(counts) > 1:
-        design = np.column_stack([np.ones(keep.sum()), layers[keep]])
-        coef, rms = fit_linear_nonneg(design, extra[keep])
+        coef, rms = fit_linear_nonneg(np.column_stack([np.ones(len(rows)), layers]), extra)
     else:
-        (step_s,), rms = fit_linear_nonneg(np.ones((keep.sum(), 1)), extra[keep])
+        (step_s,), rms = fit_linear_nonneg(np.ones((len(rows), 1)), extra)
         coef = np.array([step_s, 0.0])
     graphs = all(doc["summary"].get("cuda_graphs") for doc in docs)
-    return OverheadFit(float(coef[0]), float(coef[1]), rms, int(keep.sum()),
-                       int((~keep).sum()), counts, bool(graphs), _comm_share(docs))
+    return OverheadFit(float(coef[0]), float(coef[1]), rms, len(rows), counts, bool(graphs),
+                       _comm_share(docs))
 
 
 def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict:
