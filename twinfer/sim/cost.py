@@ -111,7 +111,8 @@ class CostModel:
                 grid = decode_pts[(s.q_heads, s.kv_heads, s.head_dim)]
                 key = (s.batch, s.context)
                 grid[key] = max(s.time_s, grid.get(key, 0.0))
-                nbytes = _decode_bytes(s.batch, s.context, s.q_heads, s.kv_heads, s.head_dim, db)
+                nbytes = _decode_bytes(s.batch, s.context, (s.q_heads, s.kv_heads, s.head_dim),
+                                       db)
                 flops = 4.0 * s.batch * s.context * s.q_heads * s.head_dim
                 decode_bw = self._achieved_bw(decode_bw, nbytes, flops, s.time_s)
         self._gemm = {shape: LogLogSeries(pts) for shape, pts in gemm_pts.items()}
@@ -197,7 +198,7 @@ class CostModel:
         curve = self._decode.get(shape)
         if curve is None:
             self._ceiling_note("decode_attention", shape, self._decode_bw, bool(self._decode))
-            nbytes = _decode_bytes(batch, context, q_heads, kv_heads, head_dim, self.dtype_bytes)
+            nbytes = _decode_bytes(batch, context, shape, self.dtype_bytes)
             flops = 4.0 * batch * context * q_heads * head_dim
             return max(nbytes / self._decode_bw, flops / self.flops_per_s)
         if isinstance(curve, LogLogGrid):
@@ -365,7 +366,8 @@ def _heads(shape: tuple[int, int, int]) -> str:
     return f"q_heads={q} kv_heads={kv} head_dim={d}"
 
 
-def _decode_bytes(batch: float, context: float, q_heads: int, kv_heads: int, head_dim: int,
+def _decode_bytes(batch: float, context: float, shape: tuple[int, int, int],
                   dtype_bytes: int) -> float:
-    """KV read (K and V) plus query in and output out."""
+    """KV read (K and V) plus query in and output out; ``shape`` = (q, kv heads, head dim)."""
+    q_heads, kv_heads, head_dim = shape
     return (2.0 * batch * context * kv_heads + 2.0 * batch * q_heads) * head_dim * dtype_bytes

@@ -43,15 +43,14 @@ def estimate(scenario: Scenario | str | Path, profiles: ProfilesArg = None) -> S
     lanes = _assign(twin)
     batch_mode = isinstance(scenario.workload.arrival, BatchArrival)
     warnings = []
-    for i, pipe in enumerate(twin.pipelines):
+    for i in range(len(twin.pipelines)):
         if batch_mode:
             _batch_pipeline(twin, i, lanes[i], record)
             continue
         for k, reqs in enumerate(lanes[i]):
             if not reqs:
                 continue
-            cap = _lane_capacity(twin, i, len(lanes[i]))
-            if _steady_lane(twin, pipe, reqs, cap, record, record.stages[i]):
+            if _steady_lane(twin, i, reqs, record):
                 warnings.append(f"pipeline {i} lane {k}: arrivals exceed what fits; the fast "
                                 "path ignores the queue (use `twinfer simulate`)")
     result = result_from_run(twin, record)
@@ -195,10 +194,11 @@ def _batch_pipeline(twin: Twin, i: int, lanes: list[list[Request]], rec: RunReco
                 rec.finish_s[rid] = t
 
 
-def _steady_lane(twin: Twin, pipe: PipelineModel, reqs: list[Request], cap: tuple[int, int],
-                 rec: RunRecord, stats: list) -> bool:
-    """Steady state of a lane under its arrival rate; True if it cannot keep up."""
-    max_running, blocks = cap
+def _steady_lane(twin: Twin, i: int, reqs: list[Request], rec: RunRecord) -> bool:
+    """Steady state of one of pipeline ``i``'s lanes under its arrival rate; True if it
+    cannot keep up."""
+    pipe, stats = twin.pipelines[i], rec.stages[i]
+    max_running, blocks = _lane_capacity(twin, i, pipe.micro_batches)
     block = twin.scenario.scheduler.kv_block_tokens
     mean_p = sum(r.prompt_tokens for r in reqs) / len(reqs)
     mean_o = sum(r.output_tokens for r in reqs) / len(reqs)

@@ -4,8 +4,8 @@ Everything is built from the layout's ``Placement`` (pipelines of stages, each a
 group of GPU ids and a layer range), so any layout that places as pipelines runs:
 ``uniform`` and ``hetero`` (stages of different TP degree, GPU type and layer
 count). Layouts whose work is not a plain pipeline (``fa_pool``'s attention pool,
-``kv_sharded``'s split KV) need their own ``PipelineModel`` and are refused here
-until they have one.
+``kv_sharded``'s split KV) bring their own stage costs and engine
+(``twinfer.sim.layouts``); a kind with neither is refused with a ``SpecError``.
 """
 
 from __future__ import annotations
