@@ -108,3 +108,22 @@ def test_mismatched_buffers_are_rejected(device):
     with pytest.raises(ValueError, match="buffers sized for"):
         attend_and_push(torch.zeros((1, 4, 16), device=device),
                         KvShard(k, k, torch.ones(1, dtype=torch.int32)), bufs[0], 1)
+
+
+def test_pushed_partials_merge_like_lse_combine(gen, device):
+    from twinfer.kernels.combine import lse_combine_ref
+    from twinfer.kernels.peer_combine import push_partials
+
+    world, batch, heads, head_dim = 3, 2, 4, 24
+    outs = torch.randn((world, batch, heads, head_dim), generator=gen).to(device)
+    lses = torch.randn((world, batch, heads), generator=gen).to(device)
+    lses[1, 0, 2] = float("-inf")  # an empty part
+    bufs = local_peer_buffers(DecodeShape(world, batch, heads, heads, head_dim), device)
+    for epoch in (1, 2):
+        for r, b in enumerate(bufs):
+            push_partials(outs[r] * epoch, lses[r], b, epoch)
+        ref_out, ref_lse = lse_combine_ref(outs.double() * epoch, lses.double())
+        for b in bufs:
+            out, lse = combine_from_peers(b, epoch, torch.float32)
+            assert (out.double() - ref_out).abs().max().item() < 1e-5
+            assert (lse.double() - ref_lse).abs().max().item() < 1e-5

@@ -30,6 +30,7 @@ from twinfer.exec.kv_cache import (
     blocks_for_budget,
     gpu_budget_bytes,
 )
+from twinfer.exec.layouts import stage_comm
 from twinfer.exec.model import TORCH_DTYPES, Transformer
 from twinfer.exec.runner import StageRunner
 from twinfer.exec.scheduler import BatchingConfig, Scheduler, Sequence
@@ -50,6 +51,8 @@ class EngineOptions:
     seed: int = 0
     cuda_graphs: bool = True  # decode steps on GPU replay captured graphs
     cpu_kv_budget_bytes: int = CPU_BUDGET_BYTES
+    layout: object = None  # the scenario's layout: kv_sharded stages attend differently
+    pool: object = None  # an FA Pool's PoolLink (twinfer.exec.fa_pool_exec), base ranks
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,14 @@ class Engine:
         t0 = time.perf_counter()
         source = (CheckpointWeights(opts.checkpoint, spec, device, dtype) if opts.checkpoint
                   else SeededWeights(spec, opts.seed, device, dtype))
-        model = Transformer(spec, part, TPComm(groups.tp, groups.tp_size, timer), device)
+        comm, cache_kv_heads = stage_comm(opts, spec, groups,
+                                          TPComm(groups.tp, groups.tp_size, timer), control)
+        model = Transformer(spec, part, comm, device)
         model.load(shard_state(spec, part, (groups.tp_rank, groups.tp_size), source))
         model.requires_grad_(False)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        shape = CacheShape(part.layers, sched.kv_block_tokens, part.kv_heads, spec.head_dim,
-                           dtype)
+        shape = CacheShape(part.layers, sched.kv_block_tokens, cache_kv_heads or part.kv_heads,
+                           spec.head_dim, dtype)
         runner = StageRunner(model, None, groups, timer, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -181,6 +186,9 @@ class Engine:
             while (plan := self.control.recv_plan()) is not None:
                 self.runner.step(plan)
         self.runner.finish()
+        end_serve = getattr(self.runner.model.comm, "end_serve", None)  # an FA Pool's base
+        if end_serve is not None:
+            end_serve()
         if self.runner.device.type == "cuda":
             torch.cuda.synchronize(self.runner.device)
         report.timings = self.runner.timer.flush()[first_record:]

@@ -14,7 +14,9 @@ attention output. The variants differ only in the exchange:
 - ``fused``: the decode kernel stores its tiles straight into the peers' memory and
   flags them; the combine waits on the flags (`twinfer.exec.kvshard_fused`, GPUs only).
 
-Every variant is a callable ``(q, shard) -> (out, lse)`` built by `make_attention`.
+Every variant is a callable ``(q, shard) -> (out, lse)`` built by `make_attention`, and
+has ``exchange(out, lse)``: the same merge of partials computed elsewhere (the
+executor's paged caches and prompts).
 Groups and communicators are passed in, never module globals.
 """
 
@@ -34,7 +36,7 @@ from twinfer.kernels.peer_combine import KvShard
 VARIANTS = ("allgather", "mpi", "fused")
 
 # torch >= 2.12 renamed all_gather_into_tensor (the old name warns); 2.11 has only it.
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 ShardedAttention = Callable[[torch.Tensor, KvShard], tuple[torch.Tensor, torch.Tensor]]
 
@@ -60,12 +62,13 @@ def _pack(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return torch.cat([out.reshape(-1, head_dim).float(), lse.reshape(-1, 1)], dim=1)
 
 
-def _merge(gathered: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """gathered fp32 [world * rows, D + 1] -> merged out (q's dtype), lse fp32."""
-    batch, q_heads, head_dim = q.shape
-    parts = gathered.view(-1, batch, q_heads, head_dim + 1)
+def _merge(gathered: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gathered fp32 [world * rows, D + 1] -> merged out shaped and typed like ``like``
+    ([*rows, D]), lse fp32 [*rows]."""
+    head_dim = like.shape[-1]
+    parts = gathered.view(-1, *like.shape[:-1], head_dim + 1)
     out, lse = lse_combine(parts[..., :head_dim], parts[..., head_dim])
-    return out.to(q.dtype), lse
+    return out.to(like.dtype), lse
 
 
 class AllGatherAttention:
@@ -78,10 +81,14 @@ class AllGatherAttention:
         self.world = dist.get_world_size(ctx.group)
 
     def __call__(self, q: torch.Tensor, shard: KvShard) -> tuple[torch.Tensor, torch.Tensor]:
-        packed = _pack(*local_partial(q, shard))
+        return self.exchange(*local_partial(q, shard))
+
+    def exchange(self, out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's partial (out [*rows, D], lse [*rows]) -> the merged result."""
+        packed = _pack(out, lse)
         gathered = packed.new_empty((self.world * packed.shape[0], packed.shape[1]))
-        _all_gather_single(gathered, packed, group=self.group)
-        return _merge(gathered, q)
+        all_gather_single(gathered, packed, group=self.group)
+        return _merge(gathered, out)
 
 
 class MpiAttention:
@@ -96,11 +103,14 @@ class MpiAttention:
         self.world = self.comm.Get_size()
 
     def __call__(self, q: torch.Tensor, shard: KvShard) -> tuple[torch.Tensor, torch.Tensor]:
-        host = _pack(*local_partial(q, shard)).cpu().numpy()  # waits for the device
+        return self.exchange(*local_partial(q, shard))
+
+    def exchange(self, out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        host = _pack(out, lse).cpu().numpy()  # waits for the device
         recv = np.empty((self.world, *host.shape), dtype=np.float32)
         self.comm.Allgather(host, recv)
-        gathered = torch.from_numpy(recv).view(-1, host.shape[1]).to(q.device)
-        return _merge(gathered, q)
+        gathered = torch.from_numpy(recv).view(-1, host.shape[1]).to(out.device)
+        return _merge(gathered, out)
 
 
 def make_attention(kind: str, ctx: CommContext, device: torch.device) -> ShardedAttention:

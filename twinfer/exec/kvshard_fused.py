@@ -24,6 +24,7 @@ from twinfer.kernels.peer_combine import (
     attend_and_push,
     combine_from_peers,
     fused_num_splits,
+    push_partials,
 )
 
 os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"
@@ -84,16 +85,28 @@ class FusedAttention:
         self._buffers: dict[DecodeShape, PeerBuffers] = {}
         self._epochs: dict[DecodeShape, int] = {}
 
+    def _round(self, shape: DecodeShape) -> tuple[PeerBuffers, int]:
+        """The buffers for ``shape`` (allocated collectively on first use) and the next
+        epoch of their rounds."""
+        if shape not in self._buffers:
+            self._buffers[shape] = allocate_peer_buffers(shape, self.group, self.device)
+            self._epochs[shape] = 0
+        self._epochs[shape] += 1
+        return self._buffers[shape], self._epochs[shape]
+
     def __call__(self, q: torch.Tensor, shard: KvShard) -> tuple[torch.Tensor, torch.Tensor]:
         batch, q_heads, head_dim = q.shape
         kv_heads, capacity = shard.k.shape[1], shard.k.shape[2]
         splits = fused_num_splits(batch, kv_heads, capacity, self.device)
-        shape = DecodeShape(self.world, batch, q_heads, kv_heads, head_dim, splits)
-        if shape not in self._buffers:
-            self._buffers[shape] = allocate_peer_buffers(shape, self.group, self.device)
-            self._epochs[shape] = 0
-        bufs = self._buffers[shape]
-        self._epochs[shape] += 1
-        epoch = self._epochs[shape]
+        bufs, epoch = self._round(DecodeShape(self.world, batch, q_heads, kv_heads, head_dim,
+                                              splits))
         attend_and_push(q, shard, bufs, epoch)
         return combine_from_peers(bufs, epoch, q.dtype)
+
+    def exchange(self, out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Partials computed elsewhere (out [batch, heads, D], lse [batch, heads]): pushed
+        into the peers' buffers row by row, merged as the rows' flags rise."""
+        batch, heads, head_dim = out.shape
+        bufs, epoch = self._round(DecodeShape(self.world, batch, heads, heads, head_dim))
+        push_partials(out, lse, bufs, epoch)
+        return combine_from_peers(bufs, epoch, out.dtype)

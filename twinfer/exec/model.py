@@ -113,8 +113,11 @@ class Attention(nn.Module):
         q, k = attention.rotate(q.view(tokens, self.heads, d), k.view(tokens, self.kv_heads, d),
                                 step.positions, rope)
         v = v.view(tokens, self.kv_heads, d)
+        attend = getattr(self.comm, "attend", None)  # a layout's own attention (kv_sharded)
         if pages is None:
             out = attention.causal(q, k, v, step)
+        elif attend is not None:
+            out = attend(q, k, v, step, pages)
         elif step.is_decode:
             out = attention.decode(q, k, v, step, pages)
         else:

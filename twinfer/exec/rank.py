@@ -184,13 +184,25 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
                             init_method=f"tcp://{addr}:{port}", rank=rank, world_size=size,
                             timeout=timeout)
     groups = build_groups(scenario.placement(), rank)
+    from twinfer.exec.fa_pool_exec import PoolServer, pool_link
+    from twinfer.exec.layouts import graphs_allowed
+
+    placement = scenario.placement()
+    pool = pool_link(scenario.layout, placement.pipelines[0].stages[-1].leader, world)
     active = world.Split(0 if groups is not None else MPI.UNDEFINED, rank)
     session = Session(args, world, config, scenario, device, groups,
                       info={"rank": rank, "pipeline": None, "idle": True})
     if groups is None:
+        if pool is not None and rank in pool.pool:  # an FA Pool rank: serves the base
+            session.engine = PoolServer(pool, scenario.model, device)
+            session.info = session.engine.info
+            if args.warmup and device.type == "cuda":  # mirrors the base's warm-up serve
+                session.engine.serve()
         return session
     control = ControlPlane(world, active, groups, device)
-    opts = EngineOptions(checkpoint=args.checkpoint, seed=args.seed, cuda_graphs=args.cuda_graphs)
+    opts = EngineOptions(checkpoint=args.checkpoint, seed=args.seed, layout=scenario.layout,
+                         pool=pool,
+                         cuda_graphs=args.cuda_graphs and graphs_allowed(scenario.layout))
     engine = Engine.build(scenario.model, groups, scenario.scheduler, opts, control)
     if args.warmup and device.type == "cuda":  # compile kernels outside the timings
         engine.serve([Sequence(-1, 0.0, [1] * 16, 4)], ServeOptions(wall_clock_arrivals=False))

@@ -60,6 +60,9 @@ class StageRunner:
         graphed = (plan.phase == "decode" and self.graphs is not None
                    and self.graphs.fits(plan.batch))
         self.timer.begin(plan.step, graphed)
+        begin = getattr(self.model.comm, "begin_step", None)  # an FA Pool's base
+        if begin is not None:
+            begin(plan)
         x = self._stage_input(plan)
         if graphed:
             out = self.graphs.run(x, plan)

@@ -186,6 +186,29 @@ def _wait_combine_kernel(
     tl.store(lse_ptr + row, tl.where(nonempty, m_i + tl.log(l_safe), float("-inf")))
 
 
+@triton.jit
+def _push_rows_kernel(
+    out_ptr, lse_ptr, out_addrs, lse_addrs, flag_addrs, slot_o, slot_l, slot_f, epoch,
+    WORLD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Partials computed elsewhere (one row = one query head of one sequence): store the
+    # row into every rank's receive buffers, then flag it (buffers with one split and
+    # one flag per row, i.e. kv_heads == q_heads).
+    row = tl.program_id(0).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    o = tl.load(out_ptr + row * HEAD_DIM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    lse = tl.load(lse_ptr + row)
+    for peer in tl.static_range(WORLD):
+        o_base = tl.load(out_addrs + peer).to(tl.pointer_type(tl.float32))
+        l_base = tl.load(lse_addrs + peer).to(tl.pointer_type(tl.float32))
+        f_base = tl.load(flag_addrs + peer).to(tl.pointer_type(tl.int32))
+        tl.store(o_base + slot_o + row * HEAD_DIM + offs_d, o, mask=mask_d)
+        tl.store(l_base + slot_l + row, lse)
+        tl.debug_barrier()
+        tl.atomic_xchg(f_base + slot_f + row, epoch, sem="release", scope="sys")
+
+
 @dataclass(frozen=True)
 class PeerBuffers:
     """One rank's receive buffers and the addresses of every rank's copy of them.
@@ -332,3 +355,21 @@ def combine_from_peers(
         BLOCK_D=triton.next_power_of_2(head_dim), num_warps=1 if interpreting() else 4,
     )
     return out, lse
+
+
+def push_partials(out: torch.Tensor, lse: torch.Tensor, bufs: PeerBuffers, epoch: int) -> None:
+    """Store partials computed elsewhere - out [batch, heads, head_dim] (any float dtype),
+    lse fp32 [batch, heads] - into every rank's buffers (sized with ``splits=1`` and
+    ``kv_heads == heads``) and flag each row with ``epoch``; `combine_from_peers` merges."""
+    batch, heads, head_dim = out.shape
+    if tuple(bufs.out_parts.shape[2:]) != (1, batch, heads, head_dim) or \
+            bufs.flags.shape[3] != heads:
+        raise ValueError(f"buffers {tuple(bufs.out_parts.shape)} do not take rows of "
+                         f"{tuple(out.shape)} (need one split and a flag per head)")
+    slot_o, slot_l, slot_f = bufs.slots(epoch, bufs.rank)
+    launchable(_push_rows_kernel)[(batch * heads,)](
+        out.contiguous(), lse.to(torch.float32).contiguous(), bufs.out_addrs, bufs.lse_addrs,
+        bufs.flag_addrs, slot_o, slot_l, slot_f, epoch,
+        WORLD=bufs.world, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        num_warps=1,
+    )
