@@ -173,7 +173,10 @@ def stage_calibrate(cfg: CampaignConfig) -> tuple[Path, str, str]:
             profile, _ = calibrate(replace(opts, ops=tuple(o for o in opts.ops
                                                            if o != "collectives"),
                                            extra_notes=[f"collectives not measured: {exc}"]))
-        plot_profile(profile, cfg.out / "plots" / f"{name}.png")
+        try:
+            plot_profile(profile, cfg.out / "plots" / f"{name}.png")
+        except ImportError as exc:  # the device image may lack matplotlib: plot later
+            _say(f"no plot ({exc}); later: python -m twinfer.calibration.plot {path}")
     if not path.exists():
         raise SystemExit(f"no profile at {path}: run the calibrate stage first")
     return path, name, link

@@ -8,6 +8,7 @@ op's samples as markers and its alpha-beta line drawn through them.
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -145,3 +146,21 @@ def plot_profile(profile: dict, out: Path | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m twinfer.calibration.plot PROFILE.json [OUT.png]``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (1, 2):
+        print("usage: python -m twinfer.calibration.plot PROFILE.json [OUT.png]",
+              file=sys.stderr)
+        return 2
+    from twinfer.calibration.profile_build import read_profile_dict
+
+    out = plot_profile(read_profile_dict(Path(args[0])), Path(args[1]) if len(args) == 2 else None)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
