@@ -12,10 +12,10 @@ import pytest
 from twinfer.sim import profile as sim_profile
 
 DATA = Path(__file__).parent / "data"
-# A real executor results JSON: the tiny model, TP=2 under mpiexec on the CPU, its
-# scenario declaring two H200s. The twin predicts H200 times for it, so the errors
-# are huge; the tests check the plumbing, not the numbers.
-RESULTS = DATA / "tiny_tp2_cpu_results.json"
+# A real executor results JSON (a copy of docs/calibration/results/cpu/tp2_b1_c64.json):
+# the tiny model, TP=2 over two gloo ranks on the CPU; the twin uses the shipped cpu
+# profile. The tests check the plumbing, not the numbers.
+RESULTS = DATA / "cpu_tp2_b1_c64_results.json"
 
 
 def sampled_profile_doc(name: str = "toy-sampled") -> dict:
@@ -61,12 +61,14 @@ def profiles_dir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def validation_repo(tmp_path, monkeypatch) -> Path:
-    """A repository root whose docs/validation holds one executor results JSON."""
+    """A repository root whose docs/validation holds one executor results JSON (and
+    docs/overheads another, which the page leaves out)."""
     from twinfer.ui import validation
 
     root = tmp_path / "repo"
-    (root / "docs" / "validation").mkdir(parents=True)
-    shutil.copy(RESULTS, root / "docs" / "validation" / RESULTS.name)
+    for folder in ("validation", "overheads"):
+        (root / "docs" / folder).mkdir(parents=True)
+        shutil.copy(RESULTS, root / "docs" / folder / RESULTS.name)
     (root / "docs" / "validation" / "not_results.json").write_text('{"schema": "other"}')
     monkeypatch.setattr(validation, "REPO", root)
     return root

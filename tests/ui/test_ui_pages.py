@@ -212,7 +212,7 @@ def test_simreal_compares_the_shipped_results(validation_repo):
     at = AppTest.from_function(simreal_page, default_timeout=TIMEOUT_S).run()
     no_failures(at)
     shipped = at.sidebar.multiselect(key="sr_shipped")
-    assert shipped.value == [str(Path("docs/validation/tiny_tp2_cpu_results.json"))]
+    assert shipped.value == [str(Path("docs/validation/cpu_tp2_b1_c64_results.json"))]
     assert "tpot_mean_s" in set(at.dataframe[0].value["metric"])
     assert len(at.get("plotly_chart")) == 2
     at.selectbox(key="sr_metric").set_value("ttft_mean_s")
