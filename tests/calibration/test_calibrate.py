@@ -168,3 +168,13 @@ def test_cli_rejects_an_unknown_op_with_exit_2(tmp_path, capsys):
               str(tmp_path / "x.json")])
     assert exc.value.code == 2
     assert "unknown op 'matmul'" in capsys.readouterr().err
+
+
+def test_the_calibration_package_imports_nothing_heavy():
+    code = ("import sys, twinfer.calibration, twinfer.calibration.fit, "
+            "twinfer.calibration.store, twinfer.calibration.plan; "
+            "heavy = {'torch', 'triton', 'mpi4py', 'matplotlib', 'streamlit'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
