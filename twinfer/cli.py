@@ -188,7 +188,7 @@ def exec_(
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto"),
     checkpoint: Optional[str] = typer.Option(  # noqa: UP045
         None, "--checkpoint", help="HF safetensors directory (default: seeded random weights)"),
-    seed: int = typer.Option(0, "--seed", help="random weights, prompts' sampling"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random weights and of sampling"),
     temperature: float = typer.Option(0.0, "--temperature", help="0: greedy"),
     prompt: Optional[str] = typer.Option(  # noqa: UP045
         None, "--prompt", help="serve this one prompt instead of the workload"),
