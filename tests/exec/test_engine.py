@@ -90,3 +90,23 @@ def test_a_request_larger_than_the_cache_is_a_clear_error():
     with pytest.raises(SpecError, match="needs 5 KV pages of 4 tokens but the cache holds 4"):
         engine(4).serve(sequences(requests([(12, 6)]), SPEC.vocab, 0),
                         ServeOptions(wall_clock_arrivals=False))
+
+
+@pytest.mark.slow
+def test_triton_kernels_under_the_interpreter_match(monkeypatch):
+    """The executor's kernel calls (strided q/k/v views, int32 tables, int64 slots) run
+    the Triton kernels themselves: Triton's CPU interpreter stands in for a GPU."""
+    spec = model_preset("tiny", layers=1)
+    reqs = requests([(5, 3), (9, 3)])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    eng = Engine.local(spec, SchedulerSpec(kv_block_tokens=4),
+                       EngineOptions(cpu_kv_budget_bytes=1 << 20), CPU)
+    report = eng.serve(sequences(reqs, spec.vocab, 0),
+                       ServeOptions(wall_clock_arrivals=False, keep_logits=True))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model = reference_model(spec)
+    for seq in sequences(reqs, spec.vocab, 0):
+        tokens, logits = greedy_reference(model, seq.prompt, seq.max_new)
+        assert report.outputs[seq.rid] == tokens
+        got = np.stack(report.logits[seq.rid])
+        assert np.abs(got - logits.numpy()).max() / np.abs(logits.numpy()).max() <= 1e-5
