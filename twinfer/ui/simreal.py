@@ -38,10 +38,14 @@ def _compare_all(sources: list[tuple[str, bytes]], profile: str) -> list[Compari
     stamp = runs.profiles_stamp()
     comps = []
     for name, data in sources:
+        file = Path(name).name
         try:
-            comps.append(runs.compare_bytes(data, Path(name).name, profile, stamp))
+            comps.append(runs.compare_bytes(data, file, profile, stamp))
         except SpecError as exc:
-            st.error(str(exc))
+            st.error(str(exc) if str(exc).startswith(file) else f"{file}: {exc}")
+        except Exception as exc:  # one bad run must not take the page down
+            st.error(f"{file}: the twin could not simulate this run "
+                     f"({type(exc).__name__}: {exc})")
     return comps
 
 

@@ -167,6 +167,9 @@ def render() -> None:
     except SpecError as exc:
         st.error(str(exc))
         return
+    except Exception as exc:  # the page stays up whatever the twin raises
+        st.error(f"The twin failed on this scenario ({type(exc).__name__}: {exc})")
+        return
     if parsed.scenario.description:
         st.caption(" ".join(parsed.scenario.description.split()))
     _metrics(run, text)
