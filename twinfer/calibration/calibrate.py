@@ -21,6 +21,7 @@ from pathlib import Path
 
 from twinfer.calibration import PROFILES_DIR
 from twinfer.calibration.plan import ELEMENTWISE, OPS, SweepPlan, plan_for
+from twinfer.calibration.shapes import GemmShape
 from twinfer.calibration.store import PartialStore, partial_path
 from twinfer.spec import SpecError
 
@@ -71,17 +72,18 @@ def compute_groups(plan: SweepPlan, ops: tuple[str, ...]) -> Iterator[tuple[str,
         for op in ELEMENTWISE:
             yield f"elementwise/{op}", lambda b, op=op: {
                 "kind": "elementwise", "samples": sc.elementwise_group(b, op)}
-    if "gemm" in ops:
-        for s in plan.gemm_shapes:
-            yield f"gemm/{s.n}x{s.k}", lambda b, s=s: {"kind": "gemm",
-                                                       "samples": sc.gemm_group(b, s)}
-    for h in plan.heads:
-        name = f"{h.q_heads}x{h.kv_heads}x{h.head_dim}"
+    for item in plan.work:
+        if isinstance(item, GemmShape):
+            if "gemm" in ops:
+                yield f"gemm/{item.n}x{item.k}", lambda b, s=item: {
+                    "kind": "gemm", "samples": sc.gemm_group(b, s)}
+            continue
+        name = f"{item.q_heads}x{item.kv_heads}x{item.head_dim}"
         if "decode_attention" in ops:
-            yield f"decode_attention/{name}", lambda b, h=h: {
+            yield f"decode_attention/{name}", lambda b, h=item: {
                 "kind": "decode_attention", "samples": sc.decode_group(b, h)}
         if "prefill_attention" in ops:
-            yield f"prefill_attention/{name}", lambda b, h=h: {
+            yield f"prefill_attention/{name}", lambda b, h=item: {
                 "kind": "prefill_attention", "samples": sc.prefill_group(b, h)}
 
 

@@ -20,8 +20,7 @@ from twinfer.calibration.shapes import (
     HeadShape,
     log_spaced,
     powers_of_two,
-    preset_gemms,
-    preset_heads,
+    preset_work,
 )
 
 OPS = ("gemm", "decode_attention", "prefill_attention", "elementwise", "collectives")
@@ -35,9 +34,8 @@ class SweepPlan:
 
     device: str  # "cuda" or "cpu"
     dtype: str  # "bf16" or "fp32"
-    gemm_shapes: list[GemmShape]
+    work: list[GemmShape | HeadShape]  # in measuring order (``shapes.preset_work``)
     gemm_m: list[int]
-    heads: list[HeadShape]
     decode_batches: list[int]
     decode_contexts: list[int]
     prefill_tokens: list[int]
@@ -47,6 +45,14 @@ class SweepPlan:
     page_size: int = 16
     max_flops: float = float("inf")  # skip GEMM points larger than this
     presets: tuple[str, ...] = field(default=())
+
+    @property
+    def gemm_shapes(self) -> list[GemmShape]:
+        return [w for w in self.work if isinstance(w, GemmShape)]
+
+    @property
+    def heads(self) -> list[HeadShape]:
+        return [w for w in self.work if isinstance(w, HeadShape)]
 
     def fingerprint(self) -> dict[str, object]:
         """What a resumed run must share with the interrupted one."""
@@ -61,9 +67,8 @@ def gpu_plan(quick: bool = False) -> SweepPlan:
     tps = (1, 2) if quick else TP_DEGREES
     return SweepPlan(
         device="cuda", dtype="bf16",
-        gemm_shapes=preset_gemms(presets, tps),
+        work=preset_work(presets, tps),
         gemm_m=log_spaced(1, 16384, 8 if quick else 15),
-        heads=preset_heads(presets, tps),
         decode_batches=[1, 16, 64] if quick else [1, 4, 16, 64],
         decode_contexts=powers_of_two(256, 32768, 2 if quick else 1),
         prefill_tokens=powers_of_two(128, 16384, 2 if quick else 1),
@@ -77,9 +82,8 @@ def cpu_plan(quick: bool = False) -> SweepPlan:
     tps = (1, 2)
     return SweepPlan(
         device="cpu", dtype="fp32",
-        gemm_shapes=preset_gemms(CPU_PRESETS, tps),
+        work=preset_work(CPU_PRESETS, tps),
         gemm_m=log_spaced(1, 2048 if quick else 16384, 7 if quick else 12),
-        heads=preset_heads(CPU_PRESETS, tps),
         decode_batches=[1, 4, 16] if quick else [1, 4, 16, 64],
         decode_contexts=powers_of_two(16, 1024 if quick else 8192, 2 if quick else 1),
         prefill_tokens=powers_of_two(16, 1024 if quick else 4096, 2 if quick else 1),

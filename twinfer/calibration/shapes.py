@@ -81,24 +81,16 @@ def _valid_tp(model: ModelSpec, tp: int) -> bool:
     return model.heads % tp == 0 and model.ffn_hidden % tp == 0
 
 
-def preset_gemms(presets: tuple[str, ...], tps: tuple[int, ...] = TP_DEGREES) -> list[GemmShape]:
-    """Every distinct (n, k) the presets use under the given TP degrees, in the order of
-    the presets (the first preset's shapes first: a time-boxed run measures them)."""
-    shapes: dict[GemmShape, None] = {}
+def preset_work(presets: tuple[str, ...], tps: tuple[int, ...] = TP_DEGREES,
+                ) -> list[GemmShape | HeadShape]:
+    """GEMM shapes and head configurations in the order to measure them: preset by
+    preset, TP degree by TP degree, each once. A time-boxed run then has everything
+    the first preset needs (its GEMMs and its attention) before anything else."""
+    work: dict[GemmShape | HeadShape, None] = {}
     for name in presets:
         model = model_preset(name)
         for tp in tps:
             if _valid_tp(model, tp):
-                shapes.update(dict.fromkeys(model_gemms(model, tp)))
-    return list(shapes)
-
-
-def preset_heads(presets: tuple[str, ...], tps: tuple[int, ...] = TP_DEGREES) -> list[HeadShape]:
-    """Every distinct per-GPU head configuration of the presets under TP, in preset order."""
-    heads: dict[HeadShape, None] = {}
-    for name in presets:
-        model = model_preset(name)
-        for tp in tps:
-            if _valid_tp(model, tp):
-                heads[model_heads(model, tp)] = None
-    return list(heads)
+                work.update(dict.fromkeys(model_gemms(model, tp)))
+                work[model_heads(model, tp)] = None
+    return list(work)
