@@ -120,3 +120,23 @@ def test_an_slo_nobody_meets_is_reported():
     scenario = on_cluster(load_scenario("mistral7b_tp4"), parse_gpus("h100-sxm:2"))
     result = search(scenario, SearchOptions(workers=1, top_k=2, slo_tpot_s=1e-6))
     assert not result.slo_met
+
+
+def test_a_shared_stage_cache_changes_no_prediction():
+    from twinfer.sim.fast import estimate
+
+    scenario = on_cluster(load_scenario("hexgen_mixed"), parse_gpus("h200-sxm:4,a100-sxm-80g:8"))
+    types = {t: GpuType(t, 1.0, 141 * GIB) for t in ("h200-sxm", "a100-sxm-80g")}
+    layouts = enumerate_layouts(scenario.model, scenario.cluster, types,
+                                SearchSpace(kinds=("uniform", "hetero")))[::25]
+    cache: dict = {}
+    for layout in layouts:
+        try:
+            candidate = scenario.with_layout(layout)
+            alone = estimate(candidate)
+        except SpecError:
+            continue
+        shared = estimate(candidate, stage_cache=cache)
+        assert (shared.tpot_s, shared.ttft_s, shared.tps) == (alone.tpot_s, alone.ttft_s,
+                                                              alone.tps)
+    assert len(cache) > 2  # stages and the cost models were shared

@@ -33,12 +33,14 @@ from twinfer.spec.scenario import Scenario, load_scenario
 from twinfer.spec.workload import BatchArrival, Request
 
 
-def estimate(scenario: Scenario | str | Path, profiles: ProfilesArg = None) -> SimResult:
-    """Closed-form prediction for ``scenario``; same result type as ``simulate``."""
+def estimate(scenario: Scenario | str | Path, profiles: ProfilesArg = None,
+             stage_cache: dict | None = None) -> SimResult:
+    """Closed-form prediction for ``scenario``; same result type as ``simulate``.
+    ``stage_cache``: see ``build_twin`` (the layout search shares one per scenario)."""
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     start = time.perf_counter()
-    twin = build_twin(scenario, profiles)
+    twin = build_twin(scenario, profiles, stage_cache=stage_cache)
     record = _record(twin)
     lanes = _assign(twin)
     batch_mode = isinstance(scenario.workload.arrival, BatchArrival)

@@ -22,6 +22,7 @@ result says so).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from twinfer.spec.scenario import Scenario, scenario_from_dict
 
 Objective = Literal["tpot", "tps", "cost"]
 CHUNK = 48  # candidates per task: amortizes process start-up and scenario rebuilds
+_STAGE_CACHES: dict[str, dict] = {}  # per process: scenario -> shared stage costs
 
 
 @dataclass(frozen=True)
@@ -118,14 +120,16 @@ def evaluate_chunk(scenario_doc: dict, base_dir: str, chunk: list[tuple[int, dic
     from twinfer.sim.simulate import simulate
 
     scenario = scenario_from_dict(scenario_doc, base_dir=base_dir or None)
-    run = estimate if engine == "fast" else simulate
+    # stage costs carry over between candidates of one scenario in this process
+    cache = _STAGE_CACHES.setdefault(json.dumps(scenario_doc, sort_keys=True), {})
     out = []
     for index, layout in chunk:
         kind = layout["kind"]
         try:
             candidate = scenario.with_layout(layout)
             gpus = len(candidate.placement().gpus)
-            result = run(candidate)
+            result = (estimate(candidate, stage_cache=cache) if engine == "fast"
+                      else simulate(candidate))
         except SpecError as exc:
             out.append(Candidate(index, layout, kind, _count_gpus(layout), error=str(exc)))
             continue

@@ -100,8 +100,14 @@ def _check_requests(scenario: Scenario, requests: list[Request]) -> None:
 
 
 def build_twin(scenario: Scenario, profiles: ProfilesArg = None,
-               requests: list[Request] | None = None) -> Twin:
-    """Validate what only the twin can check (profiles, memory) and build its models."""
+               requests: list[Request] | None = None,
+               stage_cache: dict | None = None) -> Twin:
+    """Validate what only the twin can check (profiles, memory) and build its models.
+
+    ``stage_cache`` (the layout search's): stage costs reused across twins of one
+    scenario, keyed by (stage, GPU type), so that their computed times carry over; the
+    twin's provenance then lists only what its own new stages looked up.
+    """
     kind = scenario.layout.kind
     if kind in ("fa_pool", "kv_sharded"):  # their own stage costs (twinfer.sim.layouts)
         from twinfer.sim.layouts import build_layout_twin
@@ -116,11 +122,16 @@ def build_twin(scenario: Scenario, profiles: ProfilesArg = None,
     _check_requests(scenario, requests)
     provenance = Provenance()
     model, cluster = scenario.model, scenario.cluster
-    costs = {t: CostModel(p, model.dtype, cluster.links, provenance) for t, p in by_type.items()}
+    costs: dict[str, CostModel] = {}
+    if stage_cache is not None:  # the search: cost models and their caches carry over too
+        costs = stage_cache.setdefault("cost_models", {})
+    for t, p in by_type.items():
+        if t not in costs:
+            costs[t] = CostModel(p, model.dtype, cluster.links, provenance)
     longest = max(r.prompt_tokens + r.output_tokens for r in requests)
     memory = plan_memory(model, placement, cluster, by_type, scenario.scheduler, longest)
     pipelines = []
-    shared: dict[tuple, StageCost] = {}
+    shared: dict[tuple, StageCost] = {} if stage_cache is None else stage_cache
     for i, pipe in enumerate(placement.pipelines):
         stage_costs, gpu_types = [], []
         for j, stage in enumerate(pipe.stages):
