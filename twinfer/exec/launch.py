@@ -104,9 +104,18 @@ def find_mpiexec() -> str | None:
     return None
 
 
+def _root_env() -> dict[str, str]:
+    """Open MPI refuses to start as root (even for --version) unless told twice; a
+    container's root user is the normal case on GPU machines."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    return {}
+
+
 def _is_open_mpi(mpiexec: str) -> bool:
     try:
-        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, **_root_env()})
     except (OSError, subprocess.TimeoutExpired):
         return False
     return "open mpi" in (out.stdout + out.stderr).lower() or "open-rte" in out.stdout.lower()
@@ -122,6 +131,7 @@ def rank_env(np: int, device: str) -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(repo_root())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(_root_env())
     if "OMP_NUM_THREADS" not in env:
         cores = os.cpu_count() or 1
         env["OMP_NUM_THREADS"] = str(max(1, cores // np) if device == "cpu" else 4)
