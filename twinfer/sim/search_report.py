@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from twinfer.sim.search import (
@@ -67,12 +68,15 @@ def pareto_table(result: SearchResult, limit: int = 25) -> Table:
     table = Table(title=f"Pareto front (TPOT vs TPS vs GPUs): {len(result.pareto)} of "
                         f"{len(result.evaluated)} layouts that fit")
     for col in ("GPUs", "kind", "layout", "TPOT ms", "TTFT ms", "TPS", "TPS/GPU", "engine"):
-        table.add_column(col, justify="left" if col in ("kind", "layout") else "right")
+        if col == "layout":  # long HexGen layouts fold rather than vanish in 80 columns
+            table.add_column(col, min_width=18, overflow="fold")
+        else:
+            table.add_column(col, justify="left" if col == "kind" else "right")
     rows = sorted(result.pareto, key=lambda c: (c.num_gpus, c.tpot_s))[:limit]
     for fast in rows:
         c = refined.get(fast.index, fast)
         mark = " *" if c.index == result.chosen.index else ""
-        table.add_row(f"{c.num_gpus}", c.kind, layout_summary(c.layout) + mark,
+        table.add_row(f"{c.num_gpus}", c.kind, escape(layout_summary(c.layout)) + mark,
                       f"{c.tpot_s * 1e3:.2f}", f"{c.ttft_s * 1e3:.1f}", f"{c.tps:.0f}",
                       f"{c.tps_per_gpu:.0f}", c.engine)
     return table
@@ -87,7 +91,8 @@ def print_search(console: Console, result: SearchResult) -> None:
     console.print(pareto_table(result))
     c = result.chosen
     slo = "" if result.slo_met else " (no layout meets the SLO: best by the objective shown)"
-    console.print(f"chosen by {opts.objective}{slo}: {c.kind} {layout_summary(c.layout)} on "
+    summary = escape(layout_summary(c.layout))
+    console.print(f"chosen by {opts.objective}{slo}: {c.kind} {summary} on "
                   f"{c.num_gpus} GPUs ({_types(result, c)}): TPOT {c.tpot_s * 1e3:.2f} ms, "
                   f"TTFT {c.ttft_s * 1e3:.1f} ms, {c.tps:.0f} tokens/s ({c.engine})",
                   highlight=False)
