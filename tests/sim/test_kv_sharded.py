@@ -62,3 +62,19 @@ def test_decode_attention_over_half_the_context_plus_exchange(cost):
     _, comm = stage.step(batch)
     _, dense_comm = super(KvShardedStageCost, stage).step(batch)
     assert comm - dense_comm == pytest.approx(32 * (exchange + qkv), rel=1e-9)
+
+
+def test_bench_rows_are_predicted_with_the_stage_terms(cost):
+    from twinfer.sim.kvshard_check import comparison_rows, predict_us
+
+    row = {"batch": 4, "context": 2000, "shard_tokens": 1000,
+           "median_us": {"local": 20.0, "allgather": 40.0}}
+    heads = {"q_heads": 32, "kv_heads": 8, "head_dim": 128}
+    got = predict_us(cost, row, heads, 2)
+    local = (2 * 4 * 1000 * 8 + 2 * 4 * 32) * 128 * 2 / 1e12
+    assert got["local"] == pytest.approx(local * 1e6, rel=1e-9)
+    assert got["allgather"] == pytest.approx((local + 10e-6 + NBYTES / 100e9 + COMBINE_S) * 1e6,
+                                             rel=1e-9)
+    assert got["fused"] < got["allgather"] < got["mpi"]
+    doc = {"results": [row], "heads": heads, "world": 2}
+    assert [r[2] for r in comparison_rows(doc, cost, "nvlink")] == ["local", "allgather"]
