@@ -18,6 +18,7 @@ if [ -d .whl ]; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 log() { echo "== $(date +%T) $*"; }
 start=$(date +%s)
@@ -26,9 +27,11 @@ left() { echo $(( budget_s - ($(date +%s) - start) )); }
 log "device"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
 
+if [ "${SKIP_TESTS:-0}" = 0 ]; then
 log "gpu tests"
-timeout 150 python3 -m pytest -q -x -m "gpu or multigpu" tests/kernels tests/exec -p no:cacheprovider \
+timeout 150 python3 -m pytest -q -m "gpu or multigpu" ${TEST_PATHS:-tests/kernels tests/exec} -p no:cacheprovider \
   2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
+fi
 
 if [ "$mode" = dual ]; then
   log "kv_sharded correctness + compare"
@@ -43,4 +46,12 @@ layouts=tp1; [ "$mode" = dual ] && layouts=tp1,tp2,pp2
 timeout $(( $(left) > 60 ? $(left) : 60 )) python3 -m twinfer.calibration.campaign --out /tmp/campaign \
   --layouts "$layouts" --time-budget-s $(( $(left) - 90 )) 2>&1 | tail -40
 tar czf "$OUT/campaign.tgz" -C /tmp campaign 2>/dev/null
+if [ "${EXEC_BENCH:-1}" = 1 ] && [ "$(left)" -gt 60 ]; then
+  log "executor vs transformers (budget $(left) s)"
+  parts="ours hf"; [ "$mode" = dual ] && parts="multi"
+  for part in $parts; do
+    timeout $(( $(left) > 30 ? $(left) : 30 )) python3 -m twinfer.exec.bench --part $part \
+      --out "$OUT/bench-exec.json" 2>&1 | tail -20
+  done
+fi
 log "done in $(( $(date +%s) - start )) s"
