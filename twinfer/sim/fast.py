@@ -14,7 +14,9 @@ period is ``max(L, max over stages of the lanes' summed stage times)``.
 - **Poisson and trace arrivals**: steady state. A lane's concurrency ``n`` solves
   Little's law ``n = rate x E2E(n)`` (fixed-point iteration), capped by
   ``max_running`` and KV capacity; TPOT is the period of a decode step of ``n``
-  sequences at the mean context, TTFT a mixed step with the request's prompt.
+  sequences at the mean context that also carries the prompt tokens arriving
+  meanwhile (``rate x mean prompt x period``, as chunked prefill mixes them in);
+  TTFT is the request's prompt in budget-sized chunks alongside ``n - 1`` decodes.
   Queueing beyond capacity is not modelled: the result then carries a warning.
 """
 
@@ -208,10 +210,26 @@ def _steady_lane(twin: Twin, i: int, reqs: list[Request], rec: RunRecord) -> boo
     rate = (len(reqs) - 1) / span if span > 0 else math.inf
     n_max = max(1, min(max_running, blocks // max(1, -(-int(mean_p + mean_o) // block))))
 
-    def decode_period(n: float) -> float:
+    budget = twin.scenario.scheduler.max_prefill_tokens
+
+    def steady_step(n: float) -> StepBatch:
+        """A decode step of ``n`` sequences at the mean context, carrying the prompt
+        tokens that arrive meanwhile (chunked prefill mixes them into decode steps)."""
         nn = max(1, round(n))
         ctx = round(nn * (mean_p + mean_o / 2))
-        return _period(pipe, StepBatch(nn, ctx, (), 0, nn))[0]
+        batch = StepBatch(nn, ctx, (), 0, nn)
+        room = max(0, budget - nn)
+        for _ in range(20):  # fixed point: prompt tokens per step = rate x mean_p x period
+            period = _period(pipe, batch)[0]
+            c = min(room, round(rate * mean_p * period)) if rate < math.inf else room
+            if c <= 0 or c == batch.prefill_tokens:
+                break
+            prior = max(0, round((mean_p - c) / 2))
+            batch = StepBatch(nn, ctx, ((c, prior),), c, nn)
+        return batch
+
+    def decode_period(n: float) -> float:
+        return _period(pipe, steady_step(n))[0]
 
     n = 1.0
     for _ in range(50):
@@ -222,17 +240,22 @@ def _steady_lane(twin: Twin, i: int, reqs: list[Request], rec: RunRecord) -> boo
         n = n_next
     nn = max(1, round(n))
     tpot = decode_period(n)
+    ctx = round((nn - 1) * (mean_p + mean_o / 2))
+    room = max(1, budget - (nn - 1))
     for req in reqs:
-        ctx = round((nn - 1) * (mean_p + mean_o / 2))
-        mixed = StepBatch(nn - 1, ctx, ((req.prompt_tokens, 0),), req.prompt_tokens, nn)
-        ttft = _period(pipe, mixed)[1]
+        ttft, done = 0.0, 0
+        while done < req.prompt_tokens:  # the prompt in budget-sized chunks
+            c = min(room, req.prompt_tokens - done)
+            logits = nn if done + c == req.prompt_tokens else nn - 1
+            ttft += _period(pipe, StepBatch(nn - 1, ctx, ((c, done),), c, logits))[1]
+            done += c
         rec.arrival_s[req.rid] = req.arrival_s
         rec.first_token_s[req.rid] = req.arrival_s + ttft
         rec.finish_s[req.rid] = req.arrival_s + ttft + (req.output_tokens - 1) * tpot
         rec.tokens[req.rid] = req.output_tokens
         rec.tokens_emitted += req.output_tokens
     busy_share = len(reqs) * mean_o / nn  # decode steps the lane takes
-    _, _, times, comms = _period(pipe, StepBatch(nn, round(nn * (mean_p + mean_o / 2)), (), 0, nn))
+    _, _, times, comms = _period(pipe, steady_step(nn))
     for s, st in enumerate(stats):
         st.busy_s += times[s] * busy_share
         st.comm_s += comms[s] * busy_share
