@@ -90,6 +90,9 @@ def timeline_figure(bars: list[Bar], rows: list[str], start_s: float, end_s: flo
     dropped = max(0, len(shown) - max_bars)
     shown = shown[:max_bars]
     fig = go.Figure()
+    # every row stays on the axis, even one with nothing in this window
+    fig.add_scatter(x=[start_s * 1e3] * len(rows), y=rows, mode="markers", showlegend=False,
+                    marker=dict(opacity=0), hoverinfo="skip")
     for kind in ("prefill", "mixed", "decode", "pool", "send"):
         sel = [b for b in shown if b.kind == kind]
         if not sel:

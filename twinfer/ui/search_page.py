@@ -128,7 +128,9 @@ def _show(result) -> None:
     lead = (f"{result.enumerated} layouts enumerated, {len(result.evaluated)} fit, "
             f"{len(result.dropped)} dropped; {len(result.refined)} refined with the SimPy "
             f"engine in {result.wall_s:.1f} s (fast path {result.fast_wall_s:.1f} s).")
-    st.caption(lead)
+    st.caption(lead + " The refined layouts carry the SimPy engine's numbers (queueing "
+               "included) and come first; the others the fast path's, which ignores "
+               "queueing and is often optimistic.")
     if not result.slo_met and (result.options.slo_ttft_s or result.options.slo_tpot_s):
         st.warning("No refined layout meets the SLOs; the best by the objective is shown.")
     st.plotly_chart(pareto_figure(result), key="se_pareto")

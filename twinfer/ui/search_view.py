@@ -67,7 +67,9 @@ def best_numbers(result: SearchResult) -> list[Candidate]:
 
 
 def candidates_table(result: SearchResult) -> pd.DataFrame:
-    """One row per candidate that fits, best first by the search's objective."""
+    """One row per candidate that fits: the refined ones first (SimPy numbers, as the
+    search chooses among them), then the rest (fast-path numbers), each group best
+    first by the search's objective."""
     front = {c.index for c in result.pareto}
     rows = []
     for c in best_numbers(result):
@@ -83,36 +85,42 @@ def candidates_table(result: SearchResult) -> pd.DataFrame:
         return table
     by = {"tpot": ("TPOT (ms)", True), "tps": ("TPS", False), "cost": ("TPS/GPU", False)}
     column, ascending = by[result.options.objective]
-    return table.sort_values([column, "#"], ascending=[ascending, True]).reset_index(drop=True)
+    table["_fast"] = table["engine"] != "simpy"
+    table = table.sort_values(["_fast", column, "#"], ascending=[True, ascending, True])
+    return table.drop(columns="_fast").reset_index(drop=True)
 
 
 def pareto_figure(result: SearchResult) -> go.Figure:
-    """TPS against TPOT for every candidate; the Pareto front (TPOT, TPS, GPUs) ringed
-    and joined, the chosen layout starred; hover names the layout."""
+    """TPS against TPOT: every candidate by the fast path (faint), the refined ones by
+    the SimPy engine (solid, ringed), the Pareto front of the fast path (TPOT, TPS,
+    GPUs) joined, the chosen layout starred; hover names the layout."""
     fig = go.Figure()
-    cands = best_numbers(result)
-    biggest = max((c.num_gpus for c in cands), default=1)
-    for kind in sorted({c.kind for c in cands}):
+    biggest = max((c.num_gpus for c in result.evaluated), default=1)
+
+    def points(cands: list[Candidate], kind: str, refined: bool) -> None:
         sel = [c for c in cands if c.kind == kind and math.isfinite(c.tpot_s)]
+        if not sel:
+            return
         fig.add_scatter(
-            x=[c.tpot_s * 1e3 for c in sel], y=[c.tps for c in sel], mode="markers", name=kind,
-            marker=dict(color=KIND_COLORS.get(kind, "#777"), opacity=0.75,
-                        size=[7 + 13 * c.num_gpus / biggest for c in sel]),
+            x=[c.tpot_s * 1e3 for c in sel], y=[c.tps for c in sel], mode="markers",
+            name=f"{kind} ({'SimPy' if refined else 'fast path'})", legendgroup=kind,
+            marker=dict(color=KIND_COLORS.get(kind, "#777"), opacity=1.0 if refined else 0.35,
+                        size=[7 + 13 * c.num_gpus / biggest for c in sel],
+                        line=dict(color="black", width=1.2 if refined else 0)),
             customdata=[[layout_label(c.layout), c.num_gpus, c.ttft_s * 1e3, c.engine]
                         for c in sel],
             hovertemplate="<b>%{customdata[0]}</b><br>%{customdata[1]} GPUs<br>TPOT %{x:.3f} "
                           "ms<br>TPS %{y:,.0f}<br>TTFT %{customdata[2]:.2f} ms<br>"
                           "%{customdata[3]}<extra></extra>")
-    refined = {c.index: c for c in result.refined}
-    front = sorted((refined.get(c.index, c) for c in result.pareto), key=lambda c: c.tpot_s)
+
+    for kind in sorted({c.kind for c in result.evaluated}):
+        points(result.evaluated, kind, refined=False)
+        points(result.refined, kind, refined=True)
+    front = sorted(result.pareto, key=lambda c: c.tpot_s)
     fig.add_scatter(x=[c.tpot_s * 1e3 for c in front], y=[c.tps for c in front],
-                    mode="lines+markers", name="Pareto front",
-                    line=dict(color="black", width=1, dash="dot"),
-                    marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="black",
-                                                                         width=1.5)),
-                    customdata=[layout_label(c.layout) for c in front],
-                    hovertemplate="Pareto: %{customdata}<extra></extra>")
-    chosen = refined.get(result.chosen.index, result.chosen)
+                    mode="lines", name="Pareto front (fast path)", hoverinfo="skip",
+                    line=dict(color="black", width=1, dash="dot"))
+    chosen = {c.index: c for c in result.refined}.get(result.chosen.index, result.chosen)
     fig.add_scatter(x=[chosen.tpot_s * 1e3], y=[chosen.tps], mode="markers", name="chosen",
                     marker=dict(symbol="star", size=18, color="gold",
                                 line=dict(color="black", width=1)),
@@ -120,7 +128,7 @@ def pareto_figure(result: SearchResult) -> go.Figure:
                     hovertemplate="chosen: %{customdata}<extra></extra>")
     fig.update_xaxes(type="log", title_text="TPOT (ms, mean) - lower is better")
     fig.update_yaxes(title_text="TPS (output tokens/s) - higher is better")
-    fig.update_layout(title="Candidates: TPS vs TPOT (marker size: GPUs)", height=480,
+    fig.update_layout(title="Candidates: TPS vs TPOT (marker size: GPUs)", height=500,
                       margin=dict(l=10, r=10, t=60, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
     return fig

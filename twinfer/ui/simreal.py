@@ -20,10 +20,14 @@ def _sources() -> list[tuple[str, bytes]]:
     shipped = validation.shipped_results()
     out = []
     if shipped:
-        names = {str(p.relative_to(validation.REPO)): p for p in shipped}
-        picked = st.sidebar.multiselect("Shipped validation results", list(names),
-                                        default=list(names), key="sr_shipped")
-        out += [(name, names[name].read_bytes()) for name in picked]
+        groups: dict[str, list[Path]] = {}
+        for path in shipped:
+            groups.setdefault(str(path.parent.relative_to(validation.REPO)), []).append(path)
+        picked = st.sidebar.multiselect(
+            "Shipped validation results", list(groups), default=list(groups), key="sr_shipped",
+            format_func=lambda g: f"{g} ({len(groups[g])} runs)",
+            help="Executor results committed under docs/ or validation/, by folder.")
+        out += [(str(p), p.read_bytes()) for g in picked for p in groups[g]]
     else:
         st.info("No shipped validation results exist yet (executor results JSONs under "
                 "docs/ or validation/). Drop results JSONs written by `twinfer exec` in the "
@@ -63,17 +67,22 @@ def render() -> None:
         comps = _compare_all(sources, "" if profile == OWN else profile)
     if not comps:
         return
-    st.subheader(f"{len(comps)} run(s)")
-    st.dataframe(validation.summary_table(comps), hide_index=True, key="sr_summary",
-                 column_config={c: st.column_config.NumberColumn(format="%.1f")
-                                for c in ("median |err| %", "worst |err| %")})
-    scatter, dist, table = st.tabs(["Predicted vs measured", "Error distribution", "Runs"])
+    profiles = sorted({c.profile for c in comps})
+    st.subheader(f"{len(comps)} run(s), twin with {', '.join(profiles)}")
+    chart, summary = st.columns([3, 2])
+    with chart:
+        st.plotly_chart(validation.error_figure(comps), key="sr_errors")
+    with summary:
+        st.dataframe(validation.summary_table(comps), hide_index=True, key="sr_summary",
+                     column_config={c: st.column_config.NumberColumn(format="%.1f")
+                                    for c in ("median %", "worst %")})
+        st.caption("Absolute relative error over the runs; targets (issue 5) as median / "
+                   "worst.")
+    scatter, table = st.tabs(["Predicted vs measured", "Runs"])
     with scatter:
         metric = st.selectbox("Metric", list(METRICS), index=METRICS.index("tpot_mean_s"),
                               key="sr_metric")
         st.plotly_chart(validation.scatter_figure(comps, metric), key="sr_scatter")
-    with dist:
-        st.plotly_chart(validation.error_figure(comps), key="sr_errors")
     with table:
         frame = validation.runs_table(comps)
         st.dataframe(frame, hide_index=True, key="sr_runs", column_config={

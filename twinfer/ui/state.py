@@ -31,6 +31,7 @@ EDITOR = "wi_yaml"
 SOURCE = "wi_source"
 SYNCED = "_wi_synced"
 PRESET_KEY = "wi_preset_{}"
+SHOWN_KEYS = ("_wi_shown_text", "_wi_shown_metrics", "_wi_prev_metrics")  # metric deltas
 
 
 def init() -> None:
@@ -77,7 +78,8 @@ def sync_widgets() -> None:
 def _on_source() -> None:
     name = st.session_state[SOURCE]
     set_scenario(shipped_yaml(name), name)
-    st.session_state.pop(SEARCH_NOTICE, None)
+    for key in (SEARCH_NOTICE, *SHOWN_KEYS):  # another scenario: no deltas against the last
+        st.session_state.pop(key, None)
 
 
 def _on_editor() -> None:

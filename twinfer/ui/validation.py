@@ -91,10 +91,9 @@ def summary_table(comps: list[Comparison]) -> pd.DataFrame:
         if e.size == 0:
             continue
         target = TARGETS.get(key.split("_")[0])
-        rows.append({"metric": key, "runs": int(e.size), "median |err| %": 100 * np.median(e),
-                     "worst |err| %": 100 * e.max(),
-                     "target (median / worst)": f"{target[0]:.0%} / {target[1]:.0%}"
-                     if target else "-"})
+        rows.append({"metric": key.removesuffix("_s"), "runs": int(e.size),
+                     "median %": 100 * np.median(e), "worst %": 100 * e.max(),
+                     "target": f"{target[0]:.0%} / {target[1]:.0%}" if target else "-"})
     return pd.DataFrame(rows)
 
 
@@ -140,6 +139,6 @@ def error_figure(comps: list[Comparison]) -> go.Figure:
         fig.add_hline(y=level, line=dict(color="gray", dash="dot", width=1))
     fig.add_hline(y=0, line=dict(color="black", width=1))
     fig.update_yaxes(title_text="relative error (predicted - measured) / measured, %")
-    fig.update_layout(title="Error distribution per metric (dotted: ±10%)", height=440,
+    fig.update_layout(title="Relative error per metric (dotted: ±10%)", height=440,
                       showlegend=False, margin=dict(l=10, r=10, t=60, b=10))
     return fig

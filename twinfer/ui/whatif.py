@@ -38,10 +38,11 @@ def _metrics(run: runs.TwinRun, text: str) -> None:
     r = run.result
     now = {"ttft": r.ttft_s.mean, "tpot": r.tpot_s.mean, "tps": r.tps}
     ss = st.session_state
-    if ss.get("_wi_shown_text") != text:
-        ss["_wi_prev_metrics"] = ss.get("_wi_shown_metrics")
-        ss["_wi_shown_text"], ss["_wi_shown_metrics"] = text, now
-    prev = ss.get("_wi_prev_metrics") or {}
+    shown_text, shown, prev_key = state.SHOWN_KEYS
+    if ss.get(shown_text) != text:
+        ss[prev_key] = ss.get(shown)
+        ss[shown_text], ss[shown] = text, now
+    prev = ss.get(prev_key) or {}
 
     def delta(key: str, fmt) -> str | None:
         if key not in prev or not (math.isfinite(prev[key]) and math.isfinite(now[key])):
