@@ -33,19 +33,25 @@ timeout 150 python3 -m pytest -q -m "gpu or multigpu" ${TEST_PATHS:-tests/kernel
   2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
 fi
 
-if [ "$mode" = dual ]; then
-  log "kv_sharded correctness + compare"
-  timeout 120 mpirun --allow-run-as-root -np 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST \
-    python3 -m twinfer.exec.kvshard_bench --case correctness 2>&1 | tail -15
-  timeout 200 mpirun --allow-run-as-root -np 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST \
-    python3 -m twinfer.exec.kvshard_bench --case compare --out "$OUT/kvshard_compare.json" 2>&1 | tail -30
-fi
-
 log "calibration + validation campaign (budget $(left) s)"
 layouts=tp1; [ "$mode" = dual ] && layouts=tp1,tp2,pp2
-timeout $(( $(left) > 60 ? $(left) : 60 )) python3 -m twinfer.calibration.campaign --out /tmp/campaign \
-  --layouts "$layouts" --time-budget-s $(( $(left) - 90 )) 2>&1 | tail -40
+camp_s=${CAMPAIGN_S:-$(( $(left) - 90 ))}
+timeout $(( camp_s + 60 )) python3 -m twinfer.calibration.campaign --out /tmp/campaign \
+  --layouts "$layouts" --time-budget-s $camp_s ${CAMPAIGN_ARGS:-} 2>&1 | tail -40
 tar czf "$OUT/campaign.tgz" -C /tmp campaign 2>/dev/null
+if [ "$mode" = dual ]; then
+  mp="mpirun --allow-run-as-root -np 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST"
+  log "kv_sharded correctness + compare"
+  timeout 60 $mp python3 -m twinfer.exec.kvshard_bench --case correctness 2>&1 | tail -12
+  timeout 120 $mp python3 -m twinfer.exec.kvshard_bench --case compare --iters 30 \
+    --out "$OUT/kvshard_compare.json" 2>&1 | tail -25
+  log "FA Pool base 1 + pool 1"
+  timeout 100 $mp python3 -m twinfer.exec scenarios/fa_pool_h200_base1_pool1.yaml --arrivals batch \
+    --out "$OUT/fa_pool_base1_pool1.json" 2>&1 | tail -8
+  log "kv_sharded layout"
+  timeout 100 $mp python3 -m twinfer.exec scenarios/kv_sharded_decode.yaml --arrivals batch \
+    --out "$OUT/kv_sharded_decode.json" 2>&1 | tail -8
+fi
 if [ "${EXEC_BENCH:-1}" = 1 ] && [ "$(left)" -gt 60 ]; then
   log "executor vs transformers (budget $(left) s)"
   parts="ours hf"; [ "$mode" = dual ] && parts="multi"
