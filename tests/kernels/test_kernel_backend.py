@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import twinfer.kernels as kernels
-from twinfer.kernels import flash_decode, use_triton
+from twinfer.kernels import backend, flash_decode, use_triton
 
 
 def test_auto_on_cpu_follows_interpreter_flag(monkeypatch):
@@ -43,3 +43,37 @@ def test_kernels_import_no_distributed_or_scenario_code():
                 names = [node.module]
             for name in names:
                 assert not name.startswith(banned), f"{path.name} imports {name}"
+
+
+def test_launch_fast_path_passes_every_parameter_in_order(monkeypatch):
+    # After the first (regular) launch, `launch` calls the compiled kernel directly with
+    # the runtime arguments followed by the constexprs in signature order.
+    calls = []
+
+    class Compiled:
+        packed_metadata = object()
+
+        def __getitem__(self, grid):
+            return lambda *params: calls.append(("fast", grid, params))
+
+    class Kernel:
+        arg_names = ["x_ptr", "n", "BLOCK", "FLAG"]
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                calls.append(("jit", grid, args, kwargs))
+                return Compiled()
+            return run
+
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
+    monkeypatch.setattr(backend, "launchable", lambda kernel: kernel)
+    monkeypatch.setattr(backend, "_compiled", {})
+    kernel, constexprs = Kernel(), (("FLAG", True), ("BLOCK", 64), ("num_warps", 4))
+    backend.launch(kernel, (3,), ("x", 7), constexprs, key="k")
+    backend.launch(kernel, (5,), ("y", 7), constexprs, key="k")
+    assert calls == [
+        ("jit", (3,), ("x", 7), {"FLAG": True, "BLOCK": 64, "num_warps": 4}),
+        ("fast", (5,), ("y", 7, 64, True)),
+    ]
+    assert backend.arg_key((torch.zeros(2), 16, 0.5)) == (
+        (torch.float32, torch.device("cpu"), True), 16, float)

@@ -75,3 +75,21 @@ def test_norm_rope_gpu(dtype, gen, poison, close_to_ref):
     q_low, k_low = rope_ref(q, k, positions, table)
     close_to_ref(q_rot, q_low, q_ref)
     close_to_ref(k_rot, k_low, k_ref)
+
+
+@pytest.mark.gpu
+def test_repeated_norm_rope_calls_gpu(gen, close_to_ref):
+    # Second and later calls take the direct compiled-kernel launch.
+    w = torch.randn((4096,), generator=gen).to("cuda", torch.bfloat16)
+    table = rope_cos_sin(4096, 128, device="cuda")
+    for tokens in (5, 5, 5, 9):
+        x = torch.randn((tokens, 4096), generator=gen).to("cuda", torch.bfloat16)
+        close_to_ref(rmsnorm(x, w), rmsnorm_ref(x, w), rmsnorm_ref(x.double(), w.double()))
+        q = torch.randn((tokens, 32, 128), generator=gen).to("cuda", torch.bfloat16)
+        k = torch.randn((tokens, 8, 128), generator=gen).to("cuda", torch.bfloat16)
+        positions = torch.randint(0, 4096, (tokens,), generator=gen).cuda()
+        q_rot, k_rot = apply_rope(q, k, positions, table)
+        q_ref, k_ref = rope_ref(q.double(), k.double(), positions, table.double())
+        q_low, k_low = rope_ref(q, k, positions, table)
+        close_to_ref(q_rot, q_low, q_ref)
+        close_to_ref(k_rot, k_low, k_ref)

@@ -67,6 +67,40 @@ def launchable(kernel):
     return kernel
 
 
+# Launch fast path. Triton's JITFunction launch re-binds and re-specializes every
+# argument on each call, tens of microseconds of host time on a slow host: longer than
+# a decode step's kernel at small batch and context. After the first launch of a given
+# specialization, `launch` calls the compiled kernel directly. The caller's ``key`` must
+# capture everything Triton specializes on besides the constexprs: argument dtypes,
+# 16-byte alignment of pointers, and integers equal to 1 or divisible by 16 (passing the
+# integers themselves is simplest). Set FAST_LAUNCH = False to always take Triton's path.
+FAST_LAUNCH = True
+_compiled: dict = {}
+
+
+def launch(kernel, grid, args: tuple, constexprs: tuple, key) -> None:
+    """``kernel[grid](*args, **dict(constexprs))``: ``args`` are the kernel's leading
+    runtime parameters in order, ``constexprs`` (name, value) pairs for the rest (plus
+    num_warps / num_stages)."""
+    entry = _compiled.get(key) if FAST_LAUNCH else None
+    if entry is not None:
+        compiled, tail = entry
+        compiled[grid](*args, *tail)
+        return
+    constexprs = dict(constexprs)
+    compiled = launchable(kernel)[grid](*args, **constexprs)
+    if FAST_LAUNCH and not interpreting() and hasattr(compiled, "packed_metadata"):
+        tail = tuple(constexprs[name] for name in kernel.arg_names[len(args):])
+        _compiled[key] = (compiled, tail)
+
+
+def arg_key(args: tuple) -> tuple:
+    """A `launch` key covering what Triton specializes on for these runtime arguments:
+    each tensor's dtype, device and 16-byte alignment, each integer's value."""
+    return tuple((a.dtype, a.device, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+                 else a if isinstance(a, int) else type(a) for a in args)
+
+
 @functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count

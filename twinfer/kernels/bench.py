@@ -307,7 +307,8 @@ def print_decode_table(rows) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing")
-    parser.add_argument("--sweep", action="store_true", help="also sweep splits and tiles")
+    parser.add_argument("--sweep", nargs="?", const="splits,tiles", default="",
+                        help="also sweep: splits, tiles (comma list; default both)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--only", default="decode,ops", help="comma list: decode, ops")
     args = parser.parse_args(argv)
@@ -331,8 +332,11 @@ def main(argv=None) -> int:
     if "decode" in sections:
         steps.append(("decode", lambda: decode_table(args.quick, results["copy"]["gbps"], save,
                                                       results)))
-    if args.sweep:
-        steps += [("sweep_splits", sweep_splits), ("sweep_tiles", sweep_tiles)]
+    sweeps = set(filter(None, args.sweep.split(",")))
+    if "splits" in sweeps:
+        steps.append(("sweep_splits", sweep_splits))
+    if "tiles" in sweeps:
+        steps.append(("sweep_tiles", sweep_tiles))
     if "ops" in sections:
         from twinfer.kernels.bench_ops import bench_ops
 

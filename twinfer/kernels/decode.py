@@ -6,9 +6,13 @@ one program per (sequence, head) leaves most of the GPU idle when the batch is s
 Stage 1 therefore also splits the context into ``num_splits`` chunks; each program
 streams its chunk of K/V once through an online softmax (FlashAttention-2) and writes
 a normalized partial output and its log-sum-exp. Stage 2 merges the partials exactly
-(`twinfer.kernels.combine`). With a single split stage 1 writes the final output and
-stage 2 is skipped. FlashDecoding++ (Hong et al., 2023) avoids stage 2's rescaling
-with a unified max value; we keep the exact merge (no assumption on score ranges).
+by their LSE (as `twinfer.kernels.combine`), inside the same launch: the last split of
+a (sequence, KV head) to finish, counted by an atomic, does the merge. One launch
+instead of two halves the host-side cost, which at small batch and context exceeds
+the GPU time. With a single split stage 1 writes the final output directly.
+FlashDecoding++ (Hong et al., 2023) avoids stage 2's rescaling with a unified max
+value; we keep the exact merge (no assumption on score ranges). Launch configuration
+and the split heuristic live in `twinfer.kernels.decode_tuning`.
 
 Grouped-query attention is native: a program owns one KV head and puts all of that
 head's query heads (times the query tokens) in the M dimension of its tile, padded to
@@ -32,7 +36,6 @@ zero output and ``lse = -inf``.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
@@ -42,12 +45,15 @@ import triton.language as tl
 from twinfer.kernels.backend import (
     Backend,
     interpreting,
-    launchable,
+    launch,
     next_pow2,
     sm_count,
     use_triton,
 )
-from twinfer.kernels.combine import combine_into
+from twinfer.kernels.decode_tuning import DecodeTiles, choose_num_splits, default_tiles
+
+__all__ = ["DecodeTiles", "choose_num_splits", "flash_decode", "flash_decode_ref",
+           "gather_pages", "paged_flash_decode", "paged_flash_decode_ref"]
 
 LOG2E = 1.4426950408889634
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -55,7 +61,8 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _split_kv_decode_kernel(
-    q_ptr, k_ptr, v_ptr, seq_lens_ptr, block_table_ptr, o_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, seq_lens_ptr, block_table_ptr, out_ptr, lse_ptr,
+    o_part_ptr, lse_part_ptr, arrivals_ptr,
     stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_tb,
     qk_scale, num_splits,
     Q_LEN: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -63,8 +70,8 @@ def _split_kv_decode_kernel(
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Grid: (kv_heads, batch, num_splits). q, o and lse are contiguous [.., q_heads, D]
-    # tensors the launcher owns, so their strides follow from the grid (fewer arguments,
+    # Grid: (kv_heads, batch, num_splits). q, out, lse and the partials are contiguous
+    # [.., q_heads, D] tensors, so their strides follow from the grid (fewer arguments,
     # cheaper launches); K/V may be any strided view.
     kv_head = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
@@ -146,74 +153,62 @@ def _split_kv_decode_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    # Normalized partial output and its natural-log LSE; an empty chunk writes 0, -inf.
+    # Normalized partial output and its natural-log LSE; an empty chunk gives 0, -inf.
     nonempty = l_i > 0.0
     l_safe = tl.where(nonempty, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
-    o_ptrs = o_ptr + (split * rows_per_split + row_m)[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-    tl.store(lse_ptr + split * rows_per_split + row_m, lse, mask=mask_m)
-
-
-@dataclass(frozen=True)
-class DecodeTiles:
-    """Launch configuration of stage 1 (exposed so the benchmark can sweep it)."""
-
-    block_n: int = 64
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-def default_tiles(head_dim: int, block_m: int, paged: bool) -> DecodeTiles:
-    """Tiles measured best on an H200 (docs/BENCHMARKS.md); small under the interpreter,
-    where every tile costs Python time. Paged K/V rows are gathered through the block
-    table, which Triton's pipeliner cannot prefetch as deeply as a contiguous stream,
-    so the paged kernel moves more bytes per tile instead."""
-    if interpreting():
-        return DecodeTiles(block_n=16, num_warps=1, num_stages=1)
-    if block_m > 64 or head_dim > 128:
-        return DecodeTiles(block_n=32, num_warps=4, num_stages=3)
-    if paged:
-        return DecodeTiles(block_n=128, num_warps=4, num_stages=3)
-    return DecodeTiles(block_n=64, num_warps=4, num_stages=3)
-
-
-@functools.lru_cache(maxsize=1024)
-def choose_num_splits(
-    batch: int, kv_heads: int, context: int, sms: int, block_n: int = 64,
-    ctas_per_sm: int = 2, min_split_tokens: int = 512, max_splits: int = 64,
-) -> int:
-    """Number of KV splits for stage 1.
-
-    Stage 1 runs ``batch * kv_heads * splits`` programs; a GPU with ``sms``
-    multiprocessors holds about ``ctas_per_sm`` of them at once (one "wave"). Too few
-    programs leave bandwidth unused; many splits cost stage-2 traffic and short loops.
-    Pick the fewest splits whose last wave is at least 90% as full as the best
-    choice's, with every split at least ``min_split_tokens`` long.
-    """
-    programs = batch * kv_heads
-    slots = sms * ctas_per_sm
-    cap = max(1, min(max_splits, context // max(min_split_tokens, block_n)))
-    if programs >= slots or cap == 1:
-        return 1
-
-    def wave_efficiency(splits: int) -> float:
-        n = programs * splits
-        return n / (math.ceil(n / slots) * slots)
-
-    best = max(wave_efficiency(s) for s in range(1, cap + 1))
-    return next(s for s in range(1, cap + 1) if wave_efficiency(s) >= 0.9 * best)
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    if num_splits == 1:  # the whole context was ours: this is the answer
+        tl.store(out_ptr + row_m[:, None] * HEAD_DIM + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask_md)
+        tl.store(lse_ptr + row_m, lse, mask=mask_m)
+    else:
+        part_m = split * rows_per_split + row_m
+        tl.store(o_part_ptr + part_m[:, None] * HEAD_DIM + offs_d[None, :], out, mask=mask_md)
+        tl.store(lse_part_ptr + part_m, lse, mask=mask_m)
+        # Stage 2 in the same launch: the last split of this (sequence, KV head) to
+        # finish merges all of them. The barrier orders every thread's partial stores
+        # before the release of the arrival counter (acq_rel at GPU scope); the
+        # acquire lets the last arrival read the other splits' partials, from L2 (.cg).
+        tl.debug_barrier()
+        counter = arrivals_ptr + batch * tl.num_programs(0) + kv_head
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:
+            tl.debug_barrier()
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            for part in range(0, num_splits):
+                part_m = part * rows_per_split + row_m
+                lse_p = tl.load(lse_part_ptr + part_m, mask=mask_m, other=float("-inf"),
+                                cache_modifier=".cg")
+                o_p = tl.load(o_part_ptr + part_m[:, None] * HEAD_DIM + offs_d[None, :],
+                              mask=mask_md, other=0.0, cache_modifier=".cg")
+                # Exact LSE merge (see combine.py); empty splits weigh exp(-inf) = 0.
+                m_new = tl.maximum(m_i, lse_p)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp(m_i - m_safe)
+                w = tl.exp(lse_p - m_safe)
+                acc = acc * alpha[:, None] + w[:, None] * o_p
+                l_i = l_i * alpha + w
+                m_i = m_new
+            nonempty = l_i > 0.0
+            l_safe = tl.where(nonempty, l_i, 1.0)
+            tl.store(out_ptr + row_m[:, None] * HEAD_DIM + offs_d[None, :],
+                     (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty), mask=mask_md)
+            tl.store(lse_ptr + row_m, tl.where(nonempty, m_i + tl.log(l_safe), float("-inf")),
+                     mask=mask_m)
+            tl.store(counter, 0)  # re-arm for the next launch
 
 
 @dataclass(frozen=True)
 class _Plan:
     """Everything about a launch that depends only on shapes (cached per shape)."""
 
-    kernel: object
     grid: tuple[int, int, int]
     num_splits: int
-    constexprs: dict
+    constexprs: tuple  # (name, value) pairs, so that a plan is hashable
 
 
 @functools.lru_cache(maxsize=1024)
@@ -232,8 +227,25 @@ def _plan(batch, q_len, q_heads, kv_heads, head_dim, capacity, dtype, page_size,
         UPCAST=interp, DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
-    return _Plan(launchable(_split_kv_decode_kernel), (kv_heads, batch, num_splits),
-                 num_splits, constexprs)
+    return _Plan((kv_heads, batch, num_splits), num_splits, tuple(constexprs.items()))
+
+
+_arrivals: dict = {}
+
+
+def _arrival_counters(device: torch.device, count: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per (sequence, KV head), kept per device: each launch
+    leaves them at zero again. One decode at a time per device (a single stream, as the
+    executor runs); concurrent decodes on several streams would share them."""
+    counters = _arrivals.get(device)
+    if counters is None or counters.numel() < count:
+        counters = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+        _arrivals[device] = counters
+    return counters
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    return t.data_ptr() % 16 == 0
 
 
 def _decode(q, k, v, seq_lens, block_table, page_size, sm_scale, num_splits, tiles):
@@ -245,12 +257,12 @@ def _decode(q, k, v, seq_lens, block_table, page_size, sm_scale, num_splits, til
         (batch, q_heads, head_dim), q_len = q.shape, 1
     if page_size:
         kv_heads, capacity = k.shape[2], block_table.shape[1] * page_size
-        k_strides = (k.stride(0), k.stride(2), k.stride(1))  # page, head, row in page
-        v_strides = (v.stride(0), v.stride(2), v.stride(1))
+        strides = (k.stride(0), k.stride(2), k.stride(1),  # page, head, row in page
+                   v.stride(0), v.stride(2), v.stride(1), block_table.stride(0))
     else:
         kv_heads, capacity = k.shape[1], k.shape[2]
-        k_strides = (k.stride(0), k.stride(1), k.stride(2))  # batch, head, token
-        v_strides = (v.stride(0), v.stride(1), v.stride(2))
+        strides = (k.stride(0), k.stride(1), k.stride(2),  # batch, head, token
+                   v.stride(0), v.stride(1), v.stride(2), 0)
     if q_heads % kv_heads or k.shape[-1] != head_dim or v.shape != k.shape:
         raise ValueError(f"bad shapes: q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}")
@@ -262,26 +274,29 @@ def _decode(q, k, v, seq_lens, block_table, page_size, sm_scale, num_splits, til
         q = q.contiguous()
     if seq_lens.dtype != torch.int32:
         seq_lens = seq_lens.to(torch.int32)
+    interp = interpreting()
     plan = _plan(batch, q_len, q_heads, kv_heads, head_dim, capacity, q.dtype, page_size,
-                 num_splits, tiles, sm_count(q.device), interpreting())
+                 num_splits, tiles, sm_count(q.device), interp)
     splits = plan.num_splits
 
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
-    if splits == 1:  # stage 1 writes the final result
-        o_part, lse_part = out, lse
+    table = block_table if page_size else seq_lens
+    if splits == 1:  # stage 1 writes the answer; the partial buffers are never touched
+        o_part, lse_part, arrivals = lse, lse, seq_lens
     else:
         rows = batch * q_len * q_heads
         o_part = torch.empty((splits, rows, head_dim), dtype=torch.float32, device=q.device)
         lse_part = torch.empty((splits, rows), dtype=torch.float32, device=q.device)
-    table = block_table if page_size else seq_lens
-    scale = head_dim ** -0.5 if sm_scale is None else sm_scale
-    plan.kernel[plan.grid](
-        q, k, v, seq_lens, table, o_part, lse_part, *k_strides, *v_strides,
-        table.stride(0), scale * LOG2E, splits, **plan.constexprs,
-    )
-    if splits > 1:
-        combine_into(o_part, lse_part, out, lse)
+        arrivals = _arrival_counters(q.device, batch * kv_heads)
+    scale = (head_dim ** -0.5 if sm_scale is None else sm_scale) * LOG2E
+    args = (q, k, v, seq_lens, table, out, lse, o_part, lse_part, arrivals, *strides,
+            scale, splits)
+    # Triton specializes on the strides' values and on pointer alignment; the buffers
+    # allocated here are always aligned.
+    key = (plan, strides, q.device, _aligned(q), _aligned(k), _aligned(v),
+           _aligned(seq_lens), _aligned(table), interp)
+    launch(_split_kv_decode_kernel, plan.grid, args, plan.constexprs, key)
     return out, lse
 
 

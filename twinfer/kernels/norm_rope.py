@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, launchable, next_pow2, use_triton
+from twinfer.kernels.backend import Backend, arg_key, interpreting, launch, next_pow2, use_triton
 
 # Set from the H200 benchmark (docs/BENCHMARKS.md): does "auto" use the Triton kernels on
 # CUDA tensors?
@@ -117,12 +117,12 @@ def _rmsnorm(x, weight, eps, residual):
     res_out = out if residual is None else torch.empty_like(x2)
     block = next_pow2(hidden)
     if x2.shape[0]:
-        launchable(_rmsnorm_kernel)[(x2.shape[0],)](
-            x2, res_in, weight, out, res_out,
-            x2.stride(0), res_in.stride(0), out.stride(0), res_out.stride(0), hidden, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=block,
-            num_warps=min(16, max(1, block // 512)),
-        )
+        args = (x2, res_in, weight, out, res_out,
+                x2.stride(0), res_in.stride(0), out.stride(0), res_out.stride(0), hidden, eps)
+        constexprs = (("HAS_RESIDUAL", residual is not None), ("BLOCK", block),
+                      ("num_warps", min(16, max(1, block // 512))))
+        launch(_rmsnorm_kernel, (x2.shape[0],), args, constexprs,
+               ("rmsnorm", constexprs, arg_key(args), interpreting()))
     if residual is None:
         return out.view(x.shape)
     return out.view(x.shape), res_out.view(x.shape)
@@ -199,13 +199,13 @@ def apply_rope(
     q_out, k_out = torch.empty_like(q), torch.empty_like(k)
     half = head_dim // 2
     if tokens:
-        launchable(_rope_kernel)[(tokens,)](
-            q, k, q_out, k_out, positions, cos_sin,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
-            cos_sin.stride(0), q_heads, k.shape[1],
-            HALF=half, BLOCK_HQ=next_pow2(q_heads),
-            BLOCK_HK=next_pow2(k.shape[1]),
-            BLOCK_HALF=next_pow2(half), num_warps=4,
-        )
+        args = (q, k, q_out, k_out, positions, cos_sin,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
+                cos_sin.stride(0), q_heads, k.shape[1])
+        constexprs = (("HALF", half), ("BLOCK_HQ", next_pow2(q_heads)),
+                      ("BLOCK_HK", next_pow2(k.shape[1])), ("BLOCK_HALF", next_pow2(half)),
+                      ("num_warps", 4))
+        launch(_rope_kernel, (tokens,), args, constexprs,
+               ("rope", constexprs, arg_key(args), interpreting()))
     return q_out, k_out

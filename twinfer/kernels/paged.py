@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, launchable, next_pow2, use_triton
+from twinfer.kernels.backend import Backend, arg_key, interpreting, launch, next_pow2, use_triton
 
 
 @triton.jit
@@ -91,12 +91,14 @@ def paged_kv_append(
     if k_new.stride(-1) != 1 or v_new.stride(-1) != 1 or k_pages.stride(-1) != 1:
         raise ValueError("head_dim must be the contiguous last dimension")
     block_h, block_d = next_pow2(heads), next_pow2(head_dim)
-    launchable(_kv_append_kernel)[(tokens,)](
-        k_new, v_new, k_pages, v_pages, slot_mapping.to(torch.int64),
-        k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
-        k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
-        v_pages.stride(0), v_pages.stride(1), v_pages.stride(2),
-        heads, k_pages.shape[1],
-        HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_D=block_d,
-        num_warps=4 if block_h * block_d >= 2048 else 1,
-    )
+    if slot_mapping.dtype != torch.int64:
+        slot_mapping = slot_mapping.to(torch.int64)
+    args = (k_new, v_new, k_pages, v_pages, slot_mapping,
+            k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
+            k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
+            v_pages.stride(0), v_pages.stride(1), v_pages.stride(2),
+            heads, k_pages.shape[1])
+    constexprs = (("HEAD_DIM", head_dim), ("BLOCK_H", block_h), ("BLOCK_D", block_d),
+                  ("num_warps", 4 if block_h * block_d >= 2048 else 1))
+    launch(_kv_append_kernel, (tokens,), args, constexprs,
+           ("kv_append", constexprs, arg_key(args), interpreting()))
