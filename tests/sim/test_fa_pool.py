@@ -16,6 +16,7 @@ from twinfer.sim.twin import build_twin
 from twinfer.spec import FaPoolLayout, SpecError, UniformLayout, model_preset, scenario_from_dict
 
 MODEL = model_preset("tiny-gqa")  # 4 layers, hidden 128, 8 / 2 heads x 16, fp32
+TOY = make_profile()  # GPU type "toy-gpu": 1 TB/s, 100 TFLOP/s, 80 GiB
 
 
 def _stage(pool_size: int = 4, threshold: int = 100) -> FaPoolStageCost:
@@ -55,7 +56,7 @@ def test_long_decode_spreads_over_the_pool():
         base + MODEL.layers * (attend + merge + trip), rel=1e-9)
 
 
-def _scenario(pool: list[int], replicas: int = 1, prompt: int = 600, gpu: str = "h100-sxm"):
+def _scenario(pool: list[int], replicas: int = 1, prompt: int = 600, gpu: str = "toy-gpu"):
     return scenario_from_dict({
         "model": "tiny-gqa",
         "cluster": {"nodes": [{"gpu": gpu, "count": replicas + len(pool)}]},
@@ -66,8 +67,8 @@ def _scenario(pool: list[int], replicas: int = 1, prompt: int = 600, gpu: str = 
 
 
 def test_pool_memory_adds_to_the_kv_capacity():
-    twin = build_twin(_scenario([1, 2]))
-    base = build_twin(_scenario([1, 2]).with_layout(UniformLayout(tp=1)))
+    twin = build_twin(_scenario([1, 2]), TOY)
+    base = build_twin(_scenario([1, 2]).with_layout(UniformLayout(tp=1)), TOY)
     assert isinstance(twin, PoolTwin) and [m.gpu for m in twin.pool_memory] == [1, 2]
     pool_blocks = sum(m.kv_tokens for m in twin.pool_memory) // 16
     assert twin.memory[0].kv_blocks == base.memory[0].kv_blocks + pool_blocks
@@ -84,11 +85,11 @@ def test_a_block_too_big_for_a_pool_gpu_is_refused():
 
 def test_two_pipelines_take_turns_on_a_pool_of_one():
     log: list = []
-    result = simulate(_scenario([2], replicas=2), log=log)
+    result = simulate(_scenario([2], replicas=2), TOY, log=log)
     pool = [e for e in log if e[1] == "pool_start"]
     # both base pipelines prefill together; the pool's one GPU serves one at a time
     assert [e[2] for e in pool[:2]] == [0, 1]
-    stage = build_twin(_scenario([2], replicas=2)).pipelines[0].stages[0]
+    stage = build_twin(_scenario([2], replicas=2), TOY).pipelines[0].stages[0]
     first_step = StepBatch(0, 0, ((600, 0),), 600, 1)
     _, pool_s = stage.pool_demand(first_step)
     assert pool[1][0] == pytest.approx(pool[0][0] + pool_s, rel=1e-9)
@@ -99,5 +100,6 @@ def test_two_pipelines_take_turns_on_a_pool_of_one():
 def test_pool_engine_is_used_for_fa_pool_only():
     from twinfer.sim.layouts import engine_for
 
-    assert engine_for(build_twin(_scenario([1]))) is PoolEngine
-    assert engine_for(build_twin(_scenario([1]).with_layout(UniformLayout()))) is not PoolEngine
+    assert engine_for(build_twin(_scenario([1]), TOY)) is PoolEngine
+    uniform = _scenario([1]).with_layout(UniformLayout())
+    assert engine_for(build_twin(uniform, TOY)) is not PoolEngine

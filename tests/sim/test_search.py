@@ -98,14 +98,14 @@ def test_layout_summary():
 
 
 def test_search_in_process_is_deterministic(tmp_path):
-    scenario = on_cluster(load_scenario("mistral7b_tp4"), parse_gpus("h100-sxm:4"))
+    scenario = on_cluster(load_scenario("mistral7b_tp4"), parse_gpus("h200-sxm:4"))
     opts = SearchOptions(objective="tpot", workers=1, top_k=3)
     first = search(scenario, opts)
     again = search(scenario, opts)
     assert first.chosen == again.chosen
     assert first.enumerated == len(first.evaluated) + len(first.dropped)
     assert len(first.refined) == 3 and all(c.engine == "simpy" for c in first.refined)
-    # the lowest TPOT on four H100s is TP=4 (every GPU reads a quarter of the weights)
+    # the lowest TPOT on four H200s is TP=4 (every GPU reads a quarter of the weights)
     assert first.chosen.layout["kind"] in ("uniform", "kv_sharded")
     assert first.chosen.num_gpus == 4
     command = write_chosen(first, tmp_path / "chosen.yaml")
@@ -117,7 +117,7 @@ def test_search_in_process_is_deterministic(tmp_path):
 
 
 def test_an_slo_nobody_meets_is_reported():
-    scenario = on_cluster(load_scenario("mistral7b_tp4"), parse_gpus("h100-sxm:2"))
+    scenario = on_cluster(load_scenario("mistral7b_tp4"), parse_gpus("h200-sxm:2"))
     result = search(scenario, SearchOptions(workers=1, top_k=2, slo_tpot_s=1e-6))
     assert not result.slo_met
 
