@@ -243,6 +243,10 @@ class PoolServer:
                     kc, vc, n = keys
                     o, s = kernels.flash_decode(q[rows], kc[None], vc[None],
                                                 torch.tensor([n], device=self.device))
+                elif p == 1:  # every key is here: the prefill kernel, with its LSE
+                    cu = torch.tensor([0, stop - start], dtype=torch.int32, device=self.device)
+                    o, s = kernels.prefill_attention(q[rows], k[rows], v[rows], cu,
+                                                     max_seqlen=stop - start, return_lse=True)
                 else:
                     kc, vc, n = keys
                     kpos = self.store[(rid, layer)][2][:n]

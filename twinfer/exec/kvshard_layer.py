@@ -8,12 +8,14 @@ model's attention through its ``comm``):
 
 1. all-gather the step's Q/K/V heads inside the TP group (every rank attends all heads);
 2. store the K/V of the tokens this rank owns into its pages;
-3. partial attention over the keys it owns: the split-KV paged decode kernel for a
-   decode step (sequence length = the tokens owned), `partial_attention` for prompts;
-4. merge the partials of all ranks by LSE with the layout's exchange variant
-   (`twinfer.exec.kvshard_comm`: ``allgather``, ``mpi``, or ``fused`` = symmetric-memory
-   push + flag-waiting combine on GPUs; prompts always use the all-gather);
-5. keep this rank's query heads for the row-parallel output projection.
+3. decode: partial attention over the keys it owns (the split-KV paged decode kernel,
+   sequence length = the tokens owned), then the merge of all ranks' partials by LSE
+   with the layout's exchange variant (`twinfer.exec.kvshard_comm`: ``allgather``,
+   ``mpi``, or ``fused`` = symmetric-memory push + flag-waiting combine on GPUs);
+   prompts: all of a prompt's keys are in its step, so each rank attends its own
+   query heads over them (as in TP, the project's prefill kernel) and no exchange is
+   needed;
+4. keep this rank's query heads for the row-parallel output projection.
 
 Pages are the driver's usual block tables, read at local indices (a local index is
 never beyond the global one, so the table always covers it).
@@ -31,7 +33,6 @@ from twinfer.exec.kvshard_comm import (
     all_gather_single,
     make_attention,
 )
-from twinfer.exec.partial_attention import partial_attention
 from twinfer.exec.tp import TPComm, kv_heads_slice
 from twinfer.spec import ModelSpec
 
@@ -91,20 +92,20 @@ class KvShardedComm:
             with self.tp.timer.comm():
                 out, _ = self.decodes.exchange(out, lse)
         else:
-            out, lse = self._prompts(q_all, k_all, v_all, step, pages)
-            with self.tp.timer.comm():
-                out, _ = self.prompts.exchange(out, lse)
-            out = out.to(q.dtype)
+            # a prompt's keys are all in this step: every rank attends its own query
+            # heads over them, as in TP (no exchange); only the cache write is split
+            self._store_prompts(k_all, v_all, step, pages)
+            out, _ = kernels.prefill_attention(q, k, v, step.cu_seqlens,
+                                               max_seqlen=step.max_seqlen)
+            return out
         first = self.rank * local_heads
         return out[:, first:first + local_heads]
 
-    def _prompts(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: AttentionInput,
-                 pages: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts packed from position 0: store the owned K/V, then each prompt's queries
-        over the keys this rank owns."""
+    def _store_prompts(self, k: torch.Tensor, v: torch.Tensor, step: AttentionInput,
+                       pages: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Prompts packed from position 0: store the K/V of the tokens this rank owns."""
         pos, size, rank = step.positions, self.size, self.rank
         page = pages[0].shape[1]
-        bounds = step.cu_seqlens.tolist()
         own = pos % size == rank
         local = pos // size
         token = torch.arange(pos.shape[0], device=pos.device)
@@ -115,10 +116,3 @@ class KvShardedComm:
         src = start + (local // page) * page
         slots = torch.where(own, (step.slots[src] // page) * page + local % page, -1)
         kernels.paged_kv_append(pages[0], pages[1], k, v, slots)
-        outs, lses = [], []
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            mine = torch.arange(a + rank, b, size, device=pos.device)
-            o, s = partial_attention(q[a:b], pos[a:b], k[mine], v[mine], pos[mine])
-            outs.append(o)
-            lses.append(s)
-        return torch.cat(outs), torch.cat(lses)
