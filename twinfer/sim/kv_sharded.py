@@ -7,8 +7,10 @@ every GPU:
 
 1. the column-parallel Q/K/V projections, then an all-gather of them so that every
    GPU has all heads of the step's tokens (it stores the K/V of the tokens it owns);
-2. attention of all query heads over its 1/tp of the keys -> partial output + LSE;
-3. the exchange of the partials, one of three variants:
+2. decode: attention of all query heads over its 1/tp of the keys -> partial output
+   + LSE (a prompt instead attends this GPU's query heads over all of its keys, which
+   are all in the step, as in TP: no exchange);
+3. the exchange of the decode partials, one of three variants:
    - ``allgather``: an all-gather of ``rows x (head_dim + 1)`` fp32 values per GPU
      (the profile's fitted all_gather over the group's link);
    - ``fused``: each GPU stores its partials straight into its peers' memory from
@@ -111,12 +113,11 @@ class KvShardedStageCost(StageCost):
             t, combine = self.exchange.time_s(batch.decode_n * m.heads, m.head_dim)
             comm += t
             compute += combine
+        sh = self.shard
         for new, prior in batch.chunks:
-            # all heads of the chunk's queries over this GPU's 1/tp of the keys
-            compute += c.prefill_chunk_s(new, prior, m.heads, m.kv_heads, m.head_dim) / tp
-            t, combine = self.exchange.time_s(new * m.heads, m.head_dim)
-            comm += t
-            compute += combine
+            # a prompt's keys are all in its step: this GPU's query heads over all of
+            # them, as in TP (the executor does the same), no exchange
+            compute += c.prefill_chunk_s(new, prior, sh.q_heads, sh.kv_heads, sh.head_dim)
         if batch.tokens and tp > 1:  # every GPU needs every head's Q/K/V
             qkv_bytes = batch.tokens * self.shard.qkv_n * self.shard.dtype_bytes
             comm += c.collective_s("all_gather", qkv_bytes, tp, self.spec.link)
