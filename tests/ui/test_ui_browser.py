@@ -4,10 +4,12 @@ Skips when Chromium or Playwright is missing."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import ui_browser as ub
+from conftest import RESULTS, sampled_profile_doc
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(bool(ub.missing()), reason=ub.missing() or "ok")]
@@ -45,6 +47,24 @@ def test_every_page_opens_and_search_runs(tmp_path):
             ub.wait_idle(page)
             assert not ub.exceptions(page), path
             page.screenshot(path=str(tmp_path / f"{path}.png"))
+        # uploads: a profile on Calibration, an executor run on Sim vs real
+        profile = tmp_path / "mine.json"
+        profile.write_text(json.dumps(sampled_profile_doc("uploaded-toy")))
+        page.goto(f"{url}/calibration")
+        ub.wait_idle(page)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(profile))
+        ub.wait_idle(page)
+        ub.pick(page, "Profile", "uploaded-toy (uploaded: mine.json)")
+        page.get_by_role("tab", name="GEMM").click()
+        page.get_by_text("n=14336 k=4096").first.wait_for()
+        assert not ub.exceptions(page)
+        page.goto(f"{url}/sim-vs-real")
+        ub.wait_idle(page)
+        runs = page.get_by_role("heading").filter(has_text="run(s)")
+        before = int(runs.inner_text().split()[0]) if runs.count() else 0
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(RESULTS))
+        page.get_by_role("heading", name=f"{before + 1} run(s)").first.wait_for()
+        assert not ub.exceptions(page)
         page.goto(f"{url}/search")
         page.get_by_role("button", name="Run search").click()
         page.wait_for_selector('[data-testid="stDataFrame"]')

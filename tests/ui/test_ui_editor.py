@@ -161,7 +161,9 @@ def test_sequence_lengths_fit_the_model_positions():
 
 
 def test_fa_pool_crosses_its_static_baseline_in_decode_tpot():
-    scenario = load_scenario("fa_pool_paper")
+    # the paper's scenario on H200s (whose shipped profile has NVLink collectives)
+    doc = write_preset(load_doc(shipped_yaml("fa_pool_paper")), "gpu", "h200-sxm")
+    scenario = parse(dump(doc)).scenario
     choices = layout_choices(scenario)
     picked = default_selection(choices)
     assert [p.split(" (")[-1] for p in picked] == ["scenario)", "baseline)"]
@@ -179,3 +181,32 @@ def test_crossover_rules():
     assert crossover(pts, "a", "b") == 4
     assert crossover(pts, "b", "a") is None
     assert crossover(pts, "a", "b", "decode_tps") is None  # NaN everywhere
+
+
+def test_twinfer_ui_binds_localhost_unless_told():
+    from twinfer.ui.serve import APP, streamlit_command
+
+    cmd = streamlit_command(8600)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(APP) and APP.exists()
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--server.port") + 1] == "8600"
+    wide = streamlit_command(8601, host="0.0.0.0")
+    assert wide[wide.index("--server.address") + 1] == "0.0.0.0"
+
+
+def test_ui_imports_no_executor_or_gpu_stack():
+    import ast
+    from pathlib import Path
+
+    import twinfer.ui
+
+    forbidden = {"torch", "triton", "mpi4py", "twinfer.exec", "twinfer.kernels"}
+    offenders = {}
+    for path in sorted(Path(twinfer.ui.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            bad = [n for n in names if any(n == f or n.startswith(f + ".") for f in forbidden)]
+            if bad:
+                offenders[path.name] = bad
+    assert not offenders

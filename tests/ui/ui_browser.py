@@ -116,5 +116,12 @@ def wait_idle(page, settle_s: float = 0.5) -> None:
         time.sleep(0.2)
 
 
+def pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the ``st.selectbox`` labelled ``label``."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    wait_idle(page, settle_s=1.5)
+
+
 def exceptions(page) -> list[str]:
     return page.locator('[data-testid="stException"]').all_inner_texts()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from twinfer.ui import calibration_page, nav, search_page, simreal, whatif
-
 
 def main() -> None:
+    # imported here, not at the top: a search's worker processes re-import this file
+    from twinfer.ui import calibration_page, nav, search_page, simreal, whatif
+
     st.set_page_config(page_title="twinfer", page_icon=":material/hub:", layout="wide")
     pages = {
         "whatif": st.Page(whatif.render, title="What-if", icon=":material/tune:",
@@ -29,4 +30,5 @@ def main() -> None:
     st.navigation(list(pages.values())).run()
 
 
-main()
+if __name__ == "__main__":  # Streamlit runs the script as __main__; a search's workers
+    main()  # re-import it as __mp_main__ and must not draw the app
