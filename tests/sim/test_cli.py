@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from twinfer import cli
 from twinfer.cli import app
-from twinfer.sim import simulate
+from twinfer.sim import load_profile, save_profile, simulate
 
 runner = CliRunner()
 
@@ -24,7 +24,7 @@ def test_simulate_default_scenario_prints_the_metrics(tmp_path):
     out, trace = tmp_path / "r.json", tmp_path / "t.json"
     result = runner.invoke(app, ["simulate", "--json", str(out), "--trace", str(trace)])
     assert result.exit_code == 0, result.output
-    for word in ("TTFT", "TPOT", "tokens/s", "KV peak", "h200-sxm", "coarse first"):
+    for word in ("TTFT", "TPOT", "tokens/s", "KV peak", "profiles: h200-sxm"):
         assert word in result.stdout
     data = json.loads(out.read_text())
     assert data["scenario"] == "llama3_8b_h200_tp2" and data["schema_version"] == 1
@@ -44,9 +44,11 @@ def test_simulate_fast_and_verbose():
 
 
 def test_profile_override_by_path(tmp_path):
-    result = runner.invoke(app, ["simulate", "--profile", "h100-sxm"])
+    mine = load_profile("h200-sxm").model_copy(update={"name": "my-h200"})
+    path = save_profile(mine, tmp_path / "my-h200.json")
+    result = runner.invoke(app, ["simulate", "--profile", str(path)])
     assert result.exit_code == 0, result.output
-    assert "h200-sxm: coarse" in result.stdout.replace("\n", " ")
+    assert "h200-sxm: my-h200 (" in result.stdout.replace("\n", " ")
 
 
 def test_profiles_lists_sources():

@@ -24,7 +24,9 @@ def test_fast_path_agrees_within_one_percent(layout, nodes, requests):
     s = scenario_from_dict({
         "model": "llama-3-8b",
         "cluster": {"nodes": [{"name": f"n{i}", "gpu": "h100-sxm", "count": 8}
-                              for i in range(nodes)]},
+                              for i in range(nodes)],
+                    "links": {"nvlink": {"bw_gbps": 296, "latency_us": 27},
+                              "infiniband": {"bw_gbps": 45, "latency_us": 10}}},
         "layout": layout,
         "workload": {"requests": requests, "prompt_tokens": 512, "output_tokens": 96}})
     engine, fast = simulate(s), estimate(s)

@@ -19,11 +19,24 @@ def test_series_is_linear_in_log_log_and_exact_at_points():
     assert s.at(1000)[1] == ABOVE
 
 
-def test_noisy_samples_become_monotone():
-    s = LogLogSeries([(1, 5.0), (2, 4.0), (4, 6.0), (4, 7.0)])
-    assert s.ts == [5.0, 5.0, 7.0]  # running maximum; duplicates keep the slowest
+def test_noisy_samples_become_monotone_by_isotonic_fit():
+    # a dip is averaged with its neighbour (geometric mean), not overruled by it;
+    # repeated x keep their median time
+    s = LogLogSeries([(1, 5.0), (2, 4.0), (4, 6.0), (4, 7.0), (4, 9.0)])
+    assert s.ts == [pytest.approx(math.sqrt(20)), pytest.approx(math.sqrt(20)), 7.0]
     values = [s.at(x)[0] for x in (1, 1.5, 2, 3, 4)]
     assert values == sorted(values)
+
+
+def test_a_spike_does_not_inflate_the_curve():
+    # a real H100 GEMM curve with one glitch at m=8 (159 us among ~14 us)
+    pts = [(1, 14.0), (2, 14.6), (4, 13.9), (8, 159.1), (16, 14.3), (32, 15.0), (64, 15.3)]
+    s = LogLogSeries(pts)
+    assert s.spikes == 1
+    assert max(s.ts) == 15.3
+    assert s.at(8)[0] == pytest.approx(14.3, rel=0.03)
+    # the largest point may grow fast (prefill attention is quadratic): never a spike
+    assert LogLogSeries([(1, 1.0), (2, 4.0)]).ts == [1.0, 4.0]
 
 
 def test_grid_is_bilinear_in_log_space_and_monotone():

@@ -43,11 +43,16 @@ def scenario_docs(draw) -> dict:
     per_node = -(-need // n_nodes) if fits else draw(st.integers(1, 8))
     nodes = [{"name": f"n{i}", "gpu": gpu, "count": per_node,
               "intra_link": "pcie" if gpu == "l40s" else "nvlink"} for i in range(n_nodes)]
+    cluster = {"nodes": nodes}
+    if draw(st.booleans()):  # profiles without a link kind need the scenario to give it
+        cluster["links"] = {k: {"bw_gbps": draw(st.floats(10, 900)),
+                                "latency_us": draw(st.floats(0, 30))}
+                            for k in ("nvlink", "pcie", "infiniband")}
     arrival = draw(st.one_of(st.just({"kind": "batch"}), st.floats(0.5, 500).map(
         lambda r: {"kind": "poisson", "rate_per_s": r})))
     return {
         "model": draw(st.sampled_from(MODELS)),
-        "cluster": {"nodes": nodes},
+        "cluster": cluster,
         "layout": layout,
         "workload": {"requests": draw(st.integers(1, 12)),
                      "prompt_tokens": draw(lengths(1, 300)),
@@ -119,17 +124,17 @@ def test_more_work_more_bandwidth_more_gpus(doc, batch, more, factor):
     # more link bandwidth (and no more latency) on every link kind
     links = {k: {"bw_gbps": 25.0 * factor, "latency_us": 5.0}
              for k in ("nvlink", "pcie", "infiniband")}
-    slow = {**doc, "cluster": {**doc["cluster"], "links": {
+    slow = {**doc, "cluster": {"nodes": doc["cluster"]["nodes"], "links": {
         k: {"bw_gbps": 25.0, "latency_us": 5.0} for k in links}}}
-    fast = {**doc, "cluster": {**doc["cluster"], "links": links}}
+    fast = {**doc, "cluster": {"nodes": doc["cluster"]["nodes"], "links": links}}
     for (t0, _), (t1, _) in zip(_step_times(slow, batch), _step_times(fast, batch),
                                 strict=True):
         assert t1 <= t0
     # more GPUs per stage: twice the TP degree never makes a stage's compute slower
     layout = doc["layout"]
     wider = {**doc, "layout": {**layout, "tp": layout["tp"] * 2},
-             "cluster": {"nodes": [{**n, "count": n["count"] * 2}
-                                   for n in doc["cluster"]["nodes"]]}}
+             "cluster": {**doc["cluster"], "nodes": [{**n, "count": n["count"] * 2}
+                                                    for n in doc["cluster"]["nodes"]]}}
     try:
         wide = _step_times(wider, batch)
     except SpecError:

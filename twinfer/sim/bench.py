@@ -31,7 +31,11 @@ CASES: dict[str, dict] = {
         "model": "llama-3-70b",
         "cluster": {"nodes": [{"name": "node0", "gpu": "h100-sxm", "count": 8},
                               {"name": "node1", "gpu": "h100-sxm", "count": 8}],
-                    "inter_link": "infiniband"},
+                    "inter_link": "infiniband",
+                    # as scenarios/llama3_70b_h100_tp8_pp2.yaml: the H100 profile has no
+                    # collectives; NVLink from the measured H200, InfiniBand datasheet
+                    "links": {"nvlink": {"bw_gbps": 296, "latency_us": 27},
+                              "infiniband": {"bw_gbps": 45, "latency_us": 10}}},
         "layout": {"kind": "uniform", "tp": 8, "pp": 2},
         "workload": {"requests": 10_000,
                      "prompt_tokens": {"dist": "uniform", "min": 512, "max": 4096},

@@ -181,7 +181,7 @@ class CostModel:
             else:
                 self.provenance.note(("gemm", "inside", (n, k)),
                                      f"{self.name} gemm n={n} k={k}: interpolated over "
-                                     f"{len(series)} measured m")
+                                     f"{len(series)} measured m{_spikes(series)}")
         self._cache[key] = t
         return t
 
@@ -224,7 +224,7 @@ class CostModel:
         if not outside and ("decode_attention", "inside", shape) not in self.provenance:
             self.provenance.note(("decode_attention", "inside", shape),
                                  f"{self.name} decode_attention {_heads(shape)}: interpolated "
-                                 "over measured (batch, context)")
+                                 f"over measured (batch, context){_spikes(curve)}")
         return t
 
     def prefill_attention_s(self, tokens: float, q_heads: int, kv_heads: int,
@@ -246,7 +246,7 @@ class CostModel:
         else:
             self.provenance.note(("prefill_attention", "inside", shape),
                                  f"{self.name} prefill_attention {_heads(shape)}: interpolated "
-                                 f"over {len(series)} measured prompt lengths")
+                                 f"over {len(series)} measured prompt lengths{_spikes(series)}")
         return t
 
     def _prefill_roofline(self, tokens: float, shape: tuple[int, int, int]) -> float:
@@ -299,6 +299,11 @@ class CostModel:
         self._cache[key] = t
         return t
 
+    def check_link(self, link: str) -> None:
+        """Raise now, not mid-simulation, if collectives over ``link`` cannot be priced."""
+        if link not in self.links:
+            self._nearest_collective("all_reduce", 2, link)
+
     def _profile_collective(self, op: str, nbytes: float, ranks: int, link: str) -> float:
         fit = self.profile.collective(link, op, ranks)
         label = f"{self.name} {op} {link} ranks={ranks}"
@@ -326,7 +331,7 @@ class CostModel:
             t = min(t, fit.alpha_s + nbytes / fit.bytes_per_s)
         if where == INSIDE:
             self.provenance.note(("coll", label), f"{label}: interpolated over "
-                                 f"{len(series)} measured sizes")
+                                 f"{len(series)} measured sizes{_spikes(series)}")
         else:
             self.provenance.note(("coll", where, label),
                                  f"{label}: {where} measured sizes [{series.lo:g}, "
@@ -359,6 +364,11 @@ class CostModel:
                             "or calibrate that link")
         _, src_op, r, fit = min(candidates, key=lambda c: c[0])
         return src_op, r, fit
+
+
+def _spikes(curve: LogLogSeries | LogLogGrid) -> str:
+    n = curve.spikes
+    return f" ({n} glitch sample{'s' if n > 1 else ''} replaced)" if n else ""
 
 
 def _heads(shape: tuple[int, int, int]) -> str:

@@ -1,13 +1,22 @@
 """Monotone interpolation of measured times in log-log space.
 
 Kernel times grow with problem size, but measurements carry noise: a GEMM with m=32
-may time a hair faster than one with m=16. The cost model must never predict that
-more work is faster (the engine's invariants and layout search rely on it), so each
-curve is made non-decreasing (a running maximum over the sorted points) before it is
-interpolated, linearly in log x and log t. Outside the measured range nothing is
-invented silently: ``LogLogSeries.at`` says whether a query was inside, below (the
-caller gets the smallest point's time) or above (the caller scales from the largest
-point and says how).
+may time a hair faster than one with m=16, and now and then one point is many times
+too slow (a clock change, another process on the host). The cost model must never
+predict that more work is faster (the engine's invariants and layout search rely on
+it), and one glitch must not inflate a whole curve. So each curve is cleaned first:
+
+1. a **spike** (a point more than ``SPIKE`` times slower than both neighbours, or
+   the smallest point more than that slower than the next) is replaced by the
+   geometric mean of its neighbours, and counted;
+2. the curve is made non-decreasing by **isotonic regression** in log time (pool
+   adjacent violators: the least-squares monotone fit, which averages a dip with its
+   neighbours instead of letting the largest value dominate),
+
+then interpolated linearly in log x and log t. Outside the measured range nothing
+is invented silently: ``LogLogSeries.at`` says whether a query was inside, below
+(the caller gets the smallest point's time) or above (the caller scales from the
+largest point and says how).
 """
 
 from __future__ import annotations
@@ -17,30 +26,66 @@ from bisect import bisect_left
 from collections.abc import Iterable
 
 INSIDE, BELOW, ABOVE = "inside", "below", "above"
+SPIKE = 2.0  # a point this many times slower than its neighbours is a glitch
 
 
-def _monotone(points: Iterable[tuple[float, float]]) -> tuple[list[float], list[float]]:
-    """Sorted distinct x with the largest time seen at each x, then a running maximum."""
-    by_x: dict[float, float] = {}
+def despike(ts: list[float]) -> tuple[list[float], int]:
+    """Times with isolated spikes replaced by their neighbours' geometric mean."""
+    out, spikes = list(ts), 0
+    n = len(ts)
+    for i in range(n - 1):  # not the largest point: it may rightly grow fast (quadratic)
+        neighbours = [ts[j] for j in (i - 1, i + 1) if 0 <= j < n]
+        if neighbours and ts[i] > SPIKE * max(neighbours):
+            out[i] = math.exp(sum(math.log(t) for t in neighbours) / len(neighbours))
+            spikes += 1
+    return out, spikes
+
+
+def isotonic_log(ts: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``ts`` in log space (least squares, PAV)."""
+    blocks: list[list[float]] = []  # [sum of logs, count, first index]
+    for i, t in enumerate(ts):
+        blocks.append([math.log(t), 1, i])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count, _ = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    out = []
+    for total, count, first in blocks:  # a point left alone keeps its measured value
+        out += [ts[first]] if count == 1 else [math.exp(total / count)] * int(count)
+    # exp(log) rounding must not undo the order
+    for i in range(1, len(out)):
+        out[i] = max(out[i], out[i - 1])
+    return out
+
+
+def monotone_curve(ts: list[float]) -> tuple[list[float], int]:
+    """Despiked, then isotonic: (non-decreasing times, spikes replaced)."""
+    clean, spikes = despike(ts)
+    return isotonic_log(clean), spikes
+
+
+def _monotone(points: Iterable[tuple[float, float]]) -> tuple[list[float], list[float], int]:
+    """Sorted distinct x (the median time where x repeats), cleaned and monotone."""
+    by_x: dict[float, list[float]] = {}
     for x, t in points:
-        by_x[x] = max(t, by_x.get(x, 0.0))
+        by_x.setdefault(x, []).append(t)
     xs = sorted(by_x)
-    ts, best = [], 0.0
-    for x in xs:
-        best = max(best, by_x[x])
-        ts.append(best)
-    return xs, ts
+    ts = [sorted(by_x[x])[len(by_x[x]) // 2] for x in xs]
+    mono, spikes = monotone_curve(ts)
+    return xs, mono, spikes
 
 
 class LogLogSeries:
     """A non-decreasing t(x) through measured points, linear in (log x, log t)."""
 
     def __init__(self, points: Iterable[tuple[float, float]]) -> None:
-        xs, ts = _monotone(points)
+        xs, ts, spikes = _monotone(points)
         if not xs:
             raise ValueError("a series needs at least one point")
         self.xs = xs
         self.ts = ts
+        self.spikes = spikes  # measured points replaced as glitches
         self._lx = [math.log(x) for x in xs]
         self._lt = [math.log(t) for t in ts]
 
@@ -85,11 +130,12 @@ class LogLogGrid:
         b_vals = sorted({b for _, b in points})
         if len(points) != len(a_vals) * len(b_vals):
             raise ValueError("the points do not form a full grid")
-        grid = [[points[(a, b)] for b in b_vals] for a in a_vals]
-        for row in grid:  # running maximum along b, then along a: monotone in both
-            for j in range(1, len(row)):
-                row[j] = max(row[j], row[j - 1])
-        for i in range(1, len(grid)):
+        grid, self.spikes = [], 0
+        for a in a_vals:  # each row cleaned and monotone along b ...
+            row, spikes = monotone_curve([points[(a, b)] for b in b_vals])
+            grid.append(row)
+            self.spikes += spikes
+        for i in range(1, len(grid)):  # ... then a running maximum along a keeps both
             for j in range(len(b_vals)):
                 grid[i][j] = max(grid[i][j], grid[i - 1][j])
         self.a_vals, self.b_vals = a_vals, b_vals

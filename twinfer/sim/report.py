@@ -44,7 +44,9 @@ def result_tables(result: SimResult) -> list[Table]:
 def print_result(console: Console, result: SimResult, verbose: bool = False) -> None:
     for table in result_tables(result):
         console.print(table)
-    sources = ", ".join(f"{t}: {p['source']}" for t, p in result.profiles.items())
+    sources = ", ".join(f"{t}: {p['source']}" if p["name"] == t
+                        else f"{t}: {p['name']} ({p['source']})"
+                        for t, p in result.profiles.items())
     console.print(f"profiles: {sources}", highlight=False)
     for line in result.warnings:
         console.print(f"[yellow]warning:[/] {line}", highlight=False)

@@ -144,6 +144,8 @@ def build_twin(scenario: Scenario, profiles: ProfilesArg = None,
             gpu_types.append(gpu_type)
             spec = StageSpec(model, stage.tp, stage.num_layers, cluster.link_between(stage.gpus),
                              first=j == 0, last=j == len(pipe.stages) - 1)
+            if stage.tp > 1:
+                costs[gpu_type].check_link(spec.link)
             # identical stages (replicas) share one cost object and its caches
             key = (spec, gpu_type)
             if key not in shared:
@@ -155,6 +157,9 @@ def build_twin(scenario: Scenario, profiles: ProfilesArg = None,
             spec = HopSpec(model.hidden * model.dtype_bytes,
                            cluster.link_between((a.leader, b.leader)), b.tp,
                            cluster.link_between(b.gpus), broadcast=a.tp != b.tp)
+            costs[gpu_types[j]].check_link(spec.send_link)
+            if spec.broadcast and b.tp > 1:
+                costs[gpu_types[j + 1]].check_link(spec.recv_link)
             hops.append(HopCost(spec, costs[gpu_types[j]], costs[gpu_types[j + 1]]))
         pipelines.append(PipelineModel(stage_costs, hops, [s.gpus for s in pipe.stages],
                                        pipe.micro_batches))

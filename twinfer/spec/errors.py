@@ -21,6 +21,12 @@ class SpecError(ValueError):
         if fix:
             text += f" — {fix}"
         super().__init__(text)
+        # args rebuild the error (pickling, SimPy re-raising it out of a process)
+        self.args = (field, problem, fix)
+        self._text = text
+
+    def __str__(self) -> str:
+        return self._text
 
 
 def pydantic_to_spec_error(exc: Exception, prefix: str = "") -> SpecError:
