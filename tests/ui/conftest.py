@@ -18,6 +18,18 @@ DATA = Path(__file__).parent / "data"
 RESULTS = DATA / "cpu_tp2_b1_c64_results.json"
 
 
+def fa_pool_paper_doc() -> dict:
+    """The shipped FA Pool paper scenario with its links given explicitly (H100-class
+    NVLink and InfiniBand), so that it runs whatever collectives the shipped profiles
+    hold."""
+    from twinfer.ui.editor import load_doc, shipped_yaml
+
+    doc = load_doc(shipped_yaml("fa_pool_paper"))
+    doc["cluster"]["links"] = {"nvlink": {"bw_gbps": 450.0, "latency_us": 3.0},
+                               "infiniband": {"bw_gbps": 50.0, "latency_us": 5.0}}
+    return doc
+
+
 def sampled_profile_doc(name: str = "toy-sampled") -> dict:
     """A profile whose every op has samples (times from a simple roofline: 1 TB/s,
     100 TFLOP/s, plus 5 us per kernel) and whose NVLink collectives have points."""

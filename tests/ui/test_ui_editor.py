@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import fa_pool_paper_doc
 
 from twinfer.spec import load_scenario
 from twinfer.ui.editor import (
@@ -161,9 +162,7 @@ def test_sequence_lengths_fit_the_model_positions():
 
 
 def test_fa_pool_crosses_its_static_baseline_in_decode_tpot():
-    # the paper's scenario on H200s (whose shipped profile has NVLink collectives)
-    doc = write_preset(load_doc(shipped_yaml("fa_pool_paper")), "gpu", "h200-sxm")
-    scenario = parse(dump(doc)).scenario
+    scenario = parse(dump(fa_pool_paper_doc())).scenario
     choices = layout_choices(scenario)
     picked = default_selection(choices)
     assert [p.split(" (")[-1] for p in picked] == ["scenario)", "baseline)"]

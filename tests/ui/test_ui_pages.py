@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sampled_profile_doc
+from conftest import fa_pool_paper_doc, sampled_profile_doc
 from streamlit.testing.v1 import AppTest
 
 import twinfer.ui
 from twinfer.spec import SpecError
 from twinfer.ui import runs
+from twinfer.ui.editor import dump
 
 TIMEOUT_S = 60
 
@@ -101,8 +102,8 @@ def test_whatif_fa_pool_scenario_shows_the_crossover_against_its_baseline():
     no_failures(at)
     assert at.number_input(key="wi_preset_fa_pool").value == 32
     assert at.number_input(key="wi_preset_fa_threshold").value == 4096
-    # on H200s (whose shipped profile has NVLink collectives)
-    at.selectbox(key="wi_preset_gpu").set_value("h200-sxm").run()
+    # links given in the YAML, so that it runs whatever the shipped profiles measured
+    at.text_area(key="wi_yaml").set_value(dump(fa_pool_paper_doc())).run()
     no_failures(at)
     assert not at.error and metrics(at)["GPUs"] == "40"
     captions = " ".join(c.value for c in at.caption)
@@ -249,3 +250,11 @@ def test_app_opens_on_the_whatif_page():
     no_failures(at)
     assert at.title[0].value == "What-if"
     assert metrics(at)["GPUs"] == "2"
+
+
+def test_the_trace_download_is_a_chrome_trace():
+    from twinfer.ui.editor import shipped_yaml
+
+    trace = json.loads(runs.trace_json(shipped_yaml("llama3_8b_h200_pp2")))
+    steps = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert steps and {e["pid"] for e in steps} == {0, 1}
