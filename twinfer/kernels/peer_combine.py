@@ -147,20 +147,27 @@ def _wait_combine_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
 
-    m_i = tl.full((), float("-inf"), tl.float32)
-    l_i = tl.zeros((), tl.float32)
-    acc = tl.zeros((BLOCK_D,), tl.float32)
+    # Wait first: spin on every chunk's flags (one vector of acquire atomics per
+    # chunk, the lanes poll in parallel), so the merge loop below carries no spin.
     for start_p in range(0, n_parts, BLOCK_P):
         parts = start_p + offs_p
         mask_p = parts < n_parts
-        # Spin on the chunk's flags with one vector of acquire atomics (the lanes
-        # poll in parallel, so a chunk costs one round trip, not BLOCK_P).
         flag_ptrs = flags_ptr + (parts * batch_size + batch) * kv_heads + kv_head
         seen = tl.zeros((BLOCK_P,), tl.int32)
         while tl.min(seen, 0) < epoch:
             seen = tl.atomic_add(flag_ptrs, 0, mask=mask_p, sem="acquire", scope="sys")
             seen = tl.where(mask_p, seen, epoch)
-        tl.debug_barrier()
+    tl.debug_barrier()
+
+    # The running max and sum are kept as [BLOCK_D] vectors (every lane the same value)
+    # rather than scalars: a scalar loop carry followed by a scalar store made
+    # Triton 3.6's layout pass (TritonGPURemoveLayoutConversions) fail on sm_90.
+    m_i = tl.full((BLOCK_D,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_D,), tl.float32)
+    acc = tl.zeros((BLOCK_D,), tl.float32)
+    for start_p in range(0, n_parts, BLOCK_P):
+        parts = start_p + offs_p
+        mask_p = parts < n_parts
         rows = (parts * batch_size + batch) * q_heads + head
         # .cg: read from L2, never from a stale L1 line of an earlier round.
         lse = tl.load(lse_parts_ptr + slot_l + rows, mask=mask_p, other=float("-inf"),
@@ -171,10 +178,10 @@ def _wait_combine_kernel(
         # While every part seen is empty (-inf), shift by 0 so exp() gives 0, not NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
-        w = tl.exp(lse - m_safe)
+        w = tl.exp(lse[:, None] - m_safe[None, :])  # [BLOCK_P, BLOCK_D]
         # An empty part's output is meaningless (it may be NaN): never multiply it by 0.
-        o = tl.where(w[:, None] > 0.0, o, 0.0)
-        acc = acc * alpha + tl.sum(w[:, None] * o, 0)
+        o = tl.where(w > 0.0, o, 0.0)
+        acc = acc * alpha + tl.sum(w * o, 0)
         l_i = l_i * alpha + tl.sum(w, 0)
         m_i = m_new
 
@@ -183,7 +190,9 @@ def _wait_combine_kernel(
     row = batch * q_heads + head
     tl.store(out_ptr + row * HEAD_DIM + offs_d, (acc / l_safe).to(out_ptr.dtype.element_ty),
              mask=mask_d)
-    tl.store(lse_ptr + row, tl.where(nonempty, m_i + tl.log(l_safe), float("-inf")))
+    # the LSE, from lane 0 of the vector (a masked vector store, no scalar select)
+    lse_row = tl.where(nonempty, m_i + tl.log(l_safe), float("-inf"))
+    tl.store(lse_ptr + row + offs_d * 0, lse_row, mask=offs_d == 0)
 
 
 @triton.jit
@@ -198,13 +207,15 @@ def _push_rows_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     o = tl.load(out_ptr + row * HEAD_DIM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    lse = tl.load(lse_ptr + row)
+    # the row's LSE as a lane-0 vector (no scalar load/store: see _wait_combine_kernel)
+    lane0 = offs_d == 0
+    lse = tl.load(lse_ptr + row + offs_d * 0, mask=lane0, other=float("-inf"))
     for peer in tl.static_range(WORLD):
         o_base = tl.load(out_addrs + peer).to(tl.pointer_type(tl.float32))
         l_base = tl.load(lse_addrs + peer).to(tl.pointer_type(tl.float32))
         f_base = tl.load(flag_addrs + peer).to(tl.pointer_type(tl.int32))
         tl.store(o_base + slot_o + row * HEAD_DIM + offs_d, o, mask=mask_d)
-        tl.store(l_base + slot_l + row, lse)
+        tl.store(l_base + slot_l + row + offs_d * 0, lse, mask=lane0)
         tl.debug_barrier()
         tl.atomic_xchg(f_base + slot_f + row, epoch, sem="release", scope="sys")
 
