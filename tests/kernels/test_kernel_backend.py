@@ -73,7 +73,21 @@ def test_launch_fast_path_passes_every_parameter_in_order(monkeypatch):
     backend.launch(kernel, (5,), ("y", 7), constexprs, key="k")
     assert calls == [
         ("jit", (3,), ("x", 7), {"FLAG": True, "BLOCK": 64, "num_warps": 4}),
-        ("fast", (5,), ("y", 7, 64, True)),
+        ("fast", (5, 1, 1), ("y", 7, 64, True)),  # the compiled runner needs a 3-d grid
     ]
     assert backend.arg_key((torch.zeros(2), 16, 0.5)) == (
         (torch.float32, torch.device("cpu"), True), 16, float)
+
+
+def test_decode_launch_key_separates_dtypes():
+    # Same shapes, different dtype: two compiled kernels, never one reused for the other.
+    from twinfer.kernels.decode import _launch_key, _plan
+
+    keys = set()
+    for dtype in (torch.float16, torch.bfloat16):
+        q = torch.zeros(2, 8, 64, dtype=dtype)
+        k = torch.zeros(2, 2, 32, 64, dtype=dtype)
+        lens = torch.zeros(2, dtype=torch.int32)
+        plan = _plan(2, 1, 8, 2, 64, 32, dtype, 0, 1, None, 132, False)
+        keys.add(_launch_key(plan, (1, 2, 3, 4, 5, 6, 0), q, k, k, lens, lens, False))
+    assert len(keys) == 2

@@ -85,7 +85,7 @@ def launch(kernel, grid, args: tuple, constexprs: tuple, key) -> None:
     entry = _compiled.get(key) if FAST_LAUNCH else None
     if entry is not None:
         compiled, tail = entry
-        compiled[grid](*args, *tail)
+        compiled[(*grid, 1, 1)[:3]](*args, *tail)  # the compiled runner wants 3 dims
         return
     constexprs = dict(constexprs)
     compiled = launchable(kernel)[grid](*args, **constexprs)

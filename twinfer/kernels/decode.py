@@ -292,12 +292,17 @@ def _decode(q, k, v, seq_lens, block_table, page_size, sm_scale, num_splits, til
     scale = (head_dim ** -0.5 if sm_scale is None else sm_scale) * LOG2E
     args = (q, k, v, seq_lens, table, out, lse, o_part, lse_part, arrivals, *strides,
             scale, splits)
-    # Triton specializes on the strides' values and on pointer alignment; the buffers
-    # allocated here are always aligned.
-    key = (plan, strides, q.device, _aligned(q), _aligned(k), _aligned(v),
-           _aligned(seq_lens), _aligned(table), interp)
-    launch(_split_kv_decode_kernel, plan.grid, args, plan.constexprs, key)
+    launch(_split_kv_decode_kernel, plan.grid, args, plan.constexprs,
+           _launch_key(plan, strides, q, k, v, seq_lens, table, interp))
     return out, lse
+
+
+def _launch_key(plan, strides, q, k, v, seq_lens, table, interp) -> tuple:
+    """What Triton specialized the compiled kernel on, beyond the plan's constexprs: the
+    dtypes, the strides' values and pointer alignment (buffers allocated here are always
+    aligned); see `twinfer.kernels.backend.launch`."""
+    return (plan, q.dtype, strides, q.device, _aligned(q), _aligned(k), _aligned(v),
+            _aligned(seq_lens), _aligned(table), interp)
 
 
 def flash_decode(
