@@ -68,7 +68,8 @@ class RunRecord:
     tokens_emitted: int = 0
     steps: int = 0
     end_s: float = 0.0
-    trace: list[tuple] = field(default_factory=list)  # (pipeline, stage, lane, start, dur, label)
+    # with tracing: (pipeline, stage, lane, start_s, time_s, decodes, prompt tokens, comm_s)
+    trace: list[tuple] = field(default_factory=list)
 
 
 class Engine:
