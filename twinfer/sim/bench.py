@@ -73,16 +73,20 @@ def run_case(name: str) -> dict:
 
 def run_bench(console: Console, only: str = "", json_out: str | None = None) -> list[dict]:
     """Run the cases, each in a subprocess, and print a table."""
+    from twinfer.spec import SpecError
+
     names = [only] if only else list(CASES)
     for name in names:
         if name not in CASES:
-            from twinfer.spec import SpecError
-
             raise SpecError("--only", f"unknown case {name!r}", f"use one of {', '.join(CASES)}")
     rows = []
     for name in names:
         proc = subprocess.run([sys.executable, "-m", "twinfer.sim.bench", "--case", name],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SpecError(f"bench-sim case {name}", f"failed: {last}",
+                            f"run python -m twinfer.sim.bench --case {name} to see it all")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     table = Table(title="twinfer bench-sim (one process per case, single-threaded)")
     for col in ("case", "requests", "engine steps", "simulated s", "wall s", "CPU s",
