@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from twinfer.exec.diag import phase, warn
 from twinfer.exec.graphs import DecodeGraphs, buckets_up_to
 from twinfer.exec.groups import Groups
 from twinfer.exec.kv_cache import (
@@ -80,6 +81,21 @@ class ServeReport:
     kv_peak_pages: int = 0
 
 
+TEST_BUDGET_ENV = "TWINFER_TEST_KV_BUDGET"  # "rank:bytes,...": a rank's KV budget (tests)
+
+
+def test_budget(rank: int, budget: int) -> int:
+    """``budget``, or what ``TWINFER_TEST_KV_BUDGET`` says for ``rank`` (tests simulate
+    ranks with different free memory)."""
+    import os
+
+    for item in filter(None, os.environ.get(TEST_BUDGET_ENV, "").split(",")):
+        r, value = item.split(":")
+        if int(r) == rank:
+            return int(value)
+    return budget
+
+
 def sample(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> list[int]:
     """Greedy (temperature 0) or temperature sampling. logits: fp32 [batch, vocab]."""
     if temperature <= 0:
@@ -115,6 +131,7 @@ class Engine:
         shape = CacheShape(part.layers, sched.kv_block_tokens, cache_kv_heads or part.kv_heads,
                            spec.head_dim, dtype)
         runner = StageRunner(model, None, groups, timer, device)
+        phase(groups.rank, "memory probe")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -125,7 +142,12 @@ class Engine:
             budget, left = gpu_budget_bytes(device, sched.gpu_memory_utilization, peak)
         else:
             peak, budget, left = weight_bytes, opts.cpu_kv_budget_bytes, 0
-        num_blocks = control.agree_min(blocks_for_budget(shape, budget))
+        budget = test_budget(groups.rank, budget)
+        mine = blocks_for_budget(shape, budget)
+        # free memory differs between ranks (NCCL buffers, other processes): every rank
+        # of the placement takes the smallest count, or their block tables would differ
+        num_blocks = control.agree_min(mine)
+        phase(groups.rank, f"KV pages: {mine} here, {num_blocks} agreed")
         if num_blocks < 1:
             raise SpecError("scheduler.gpu_memory_utilization", "no memory is left for the KV "
                             f"cache on rank {groups.rank} (weights and workspace take "
@@ -176,8 +198,12 @@ class Engine:
             raise SpecError("workload", f"a request needs {need} KV pages of "
                             f"{cfg.page_size} tokens but the cache holds {self.num_blocks}",
                             "shorten prompts/outputs or give the KV cache more memory")
+        rank = self.control.rank
+        phase(rank, f"serve {len(seqs)} sequences: capture")
         graphed = self._capture(cfg, len(seqs))
+        phase(rank, f"serve: barrier (graphs {graphed})")
         self.control.barrier()
+        phase(rank, "serve: steps")
         first_record = len(self.runner.timer.flush())
         if self.control.is_driver:
             report = self._drive(seqs, cfg, opts)
@@ -185,6 +211,7 @@ class Engine:
             report = ServeReport(self.control.rank, [])
             while (plan := self.control.recv_plan()) is not None:
                 self.runner.step(plan)
+        phase(rank, "serve: finish")
         self.runner.finish()
         end_serve = getattr(self.runner.model.comm, "end_serve", None)  # an FA Pool's base
         if end_serve is not None:
@@ -196,22 +223,46 @@ class Engine:
         return report
 
     def _capture(self, cfg: BatchingConfig, num_seqs: int) -> bool:
+        """Capture the decode graphs; True when every active rank replays them.
+
+        Collective over every active rank (all pipelines): the same number of
+        agreement rounds everywhere, whatever each rank's bucket list. Each round one
+        bucket is captured, then the ranks agree; a rank whose capture fails stops
+        every rank at the same round, so the warm-up collectives (real NCCL calls)
+        stay the same sequence on every rank of a TP group.
+        """
         self.runner.graphs = None
-        if self.runner.device.type != "cuda" or not self.opts.cuda_graphs or not num_seqs:
-            self.control.agree_min(0)  # the others may be capturing: same collectives
+        rank, cuda = self.control.rank, self.runner.device.type == "cuda"
+        want = cuda and self.opts.cuda_graphs and num_seqs > 0
+        buckets = buckets_up_to(min(cfg.max_running, num_seqs)) if want else []
+        rounds = -self.control.agree_min(-len(buckets))  # the most buckets of any rank
+        if not rounds:
             return False
-        graphs = DecodeGraphs(self.runner.model, self.runner.cache, cfg.max_blocks,
-                              buckets_up_to(min(cfg.max_running, num_seqs)),
-                              self.runner.groups.is_first)
-        try:
-            graphs.capture()
-            ok = 1
-        except RuntimeError as exc:
-            self.info["cuda_graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
-            ok = 0
-        # every rank replays graphs or none does (same collectives either way, but the
-        # report should say one thing)
-        if self.control.agree_min(ok):
+        graphs = None
+        if buckets:
+            graphs = DecodeGraphs(self.runner.model, self.runner.cache, cfg.max_blocks,
+                                  buckets, self.runner.groups.is_first)
+        if cuda:  # every earlier collective done everywhere before any rank captures
+            torch.cuda.synchronize(self.runner.device)
+        self.control.barrier()
+        ok = 1
+        for i in range(rounds):
+            mine = 1
+            if i < len(buckets):
+                phase(rank, f"capture bucket {buckets[i]} of {buckets}")
+                try:
+                    graphs.capture_bucket(buckets[i])
+                except RuntimeError as exc:
+                    self.info["cuda_graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    warn(rank, f"CUDA graph capture of bucket {buckets[i]} failed: {exc}")
+                    mine = 0
+            ok = self.control.agree_min(mine)
+            if not ok:
+                break
+        if cuda:
+            torch.cuda.synchronize(self.runner.device)
+        phase(rank, f"capture done: {'graphs' if ok and buckets else 'eager'}")
+        if ok and graphs is not None:  # every rank replays graphs or none does
             self.runner.graphs = graphs
             return True
         return False

@@ -69,18 +69,27 @@ class DecodeGraphs:
         """Capture every bucket (all TP ranks of the stage call this together: the
         warm-up runs execute real collectives)."""
         for b in self.buckets:
-            step, x = self._input(b), self.x[:b]
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: autotuning, lazy inits, allocations
-                for _ in range(2):
-                    self.model(x, step, self.cache)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = self.model(x, step, self.cache)
-            self._pool = graph.pool()
-            self._graphs[b] = (graph, out)
+            self.capture_bucket(b)
+
+    @torch.inference_mode()
+    def capture_bucket(self, b: int) -> None:
+        """Warm up, then capture bucket ``b``. The warm-up runs real collectives (NCCL
+        communicators and Triton kernels are ready before capture); the capture is
+        thread-local, so that other threads' CUDA calls (the NCCL watchdog's event
+        queries) cannot invalidate it, and waits for the warm-up on this device."""
+        step, x = self._input(b), self.x[:b]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: autotuning, lazy inits, allocations
+            for _ in range(2):
+                self.model(x, step, self.cache)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            out = self.model(x, step, self.cache)
+        self._pool = graph.pool()
+        self._graphs[b] = (graph, out)
         torch.cuda.synchronize()
 
     def fits(self, batch: int) -> bool:

@@ -37,7 +37,10 @@ from twinfer.spec import SpecError, load_scenario
 
 MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
 FORWARD_ENV = ("PYTHONPATH", "OMP_NUM_THREADS", "TWINFER_FAIL_RANK", "TWINFER_FAIL_STEP",
-               "TWINFER_COLLECTIVE_TIMEOUT_S", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
+               "TWINFER_COLLECTIVE_TIMEOUT_S", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES",
+               "TWINFER_DEBUG", "TWINFER_TRACEBACK", "TWINFER_TEST_KV_BUDGET", "NCCL_DEBUG",
+               "NCCL_DEBUG_SUBSYS", "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+               "TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_BLOCKING_WAIT")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ def rank_env(np: int, device: str) -> dict[str, str]:
     paths = [str(repo_root())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.update(_root_env())
+    if env.get("TWINFER_DEBUG", "0") not in ("", "0"):  # diagnostics: NCCL warnings too
+        env.setdefault("NCCL_DEBUG", "WARN")
+        env.setdefault("TWINFER_TRACEBACK", "1")
     if "OMP_NUM_THREADS" not in env:
         cores = os.cpu_count() or 1
         env["OMP_NUM_THREADS"] = str(max(1, cores // np) if device == "cpu" else 4)

@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from twinfer.exec.diag import phase
 from twinfer.exec.launch import ExecArgs, rendezvous_address
 from twinfer.exec.scheduler import Sequence
 from twinfer.spec import Request, Scenario, SpecError, load_scenario, scenario_from_dict
@@ -39,17 +40,21 @@ def rank_main(args: ExecArgs) -> int:
     from mpi4py import MPI
 
     world = MPI.COMM_WORLD
+    rank = world.Get_rank()
     try:
         session = open_session(args, world)
+        phase(rank, "serve")
         report = session.serve(session.sequences(), session.serve_options())
         if session.streamer is not None:
             print(session.streamer.finish(), end="", flush=True)
+        phase(rank, "collect")
         doc = session.collect(report)
         if doc is not None:
             from twinfer.exec.report import finish_run
 
             finish_run(args, session, doc)
         session.close()
+        phase(rank, "done")
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must abort the job
         abort(world, exc)
@@ -162,6 +167,7 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
     groups and this rank's engine; on GPU, run a short warm-up (kernel compilation)."""
     rank, size = world.Get_rank(), world.Get_size()
     config = configure(args, size, scenario) if rank == 0 else None
+    phase(rank, f"configure (world {size})")
     config = world.bcast(config, root=0)
     scenario = config.load()
 
@@ -176,13 +182,20 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
-    local_rank = world.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    local_rank = node.Get_rank()
     device = _device(args.device, local_rank)
+    _check_devices(node, device, rank)
+    phase(rank, f"device {device} (local rank {local_rank} of {node.Get_size()}, "
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})")
     addr, port = rendezvous_address(world)
     timeout = timedelta(seconds=float(os.environ.get("TWINFER_COLLECTIVE_TIMEOUT_S", "120")))
+    phase(rank, f"init_process_group {'nccl' if device.type == 'cuda' else 'gloo'} "
+                f"tcp://{addr}:{port}")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             init_method=f"tcp://{addr}:{port}", rank=rank, world_size=size,
                             timeout=timeout)
+    phase(rank, "build_groups")
     groups = build_groups(scenario.placement(), rank)
     from twinfer.exec.fa_pool_exec import PoolServer, pool_link
     from twinfer.exec.layouts import graphs_allowed
@@ -203,8 +216,12 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
     opts = EngineOptions(checkpoint=args.checkpoint, seed=args.seed, layout=scenario.layout,
                          pool=pool,
                          cuda_graphs=args.cuda_graphs and graphs_allowed(scenario.layout))
+    phase(rank, f"engine build (stage {groups.stage_index}, tp rank {groups.tp_rank}/"
+                f"{groups.tp_size}, driver {groups.driver}, graphs {opts.cuda_graphs})")
     engine = Engine.build(scenario.model, groups, scenario.scheduler, opts, control)
+    phase(rank, f"engine built: {engine.num_blocks} KV pages")
     if args.warmup and device.type == "cuda":  # compile kernels outside the timings
+        phase(rank, "warm-up serve")
         engine.serve([Sequence(-1, 0.0, [1] * 16, 4)], ServeOptions(wall_clock_arrivals=False))
     session.engine = engine
     session.info = {
@@ -227,6 +244,18 @@ def _device(choice: str, local_rank: int):
     device = torch.device("cuda", local_rank % torch.cuda.device_count())
     torch.cuda.set_device(device)
     return device
+
+
+def _check_devices(node, device, rank: int) -> None:
+    """Two ranks of one node on one GPU (a too-short CUDA_VISIBLE_DEVICES) would make
+    NCCL fail or hang: refuse, naming the ranks."""
+    if device.type != "cuda":
+        return
+    taken = node.allgather(device.index)
+    if len(set(taken)) != len(taken):
+        raise SpecError("--device", f"ranks of one node share GPUs (node-local GPU of each "
+                        f"rank: {taken}; rank {rank} has cuda:{device.index})",
+                        "make as many GPUs visible as ranks run on the node")
 
 
 def _device_name(device) -> str:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from twinfer.exec.attention import AttentionInput
+from twinfer.exec.diag import debugging, phase
 from twinfer.exec.graphs import DecodeGraphs, decode_input
 from twinfer.exec.groups import Groups
 from twinfer.exec.kv_cache import KVCache
@@ -59,6 +60,9 @@ class StageRunner:
                                   f"({FAIL_RANK_ENV}={self.groups.rank})")
         graphed = (plan.phase == "decode" and self.graphs is not None
                    and self.graphs.fits(plan.batch))
+        if debugging():
+            phase(self.groups.rank, f"step {plan.step} {plan.phase} batch {plan.batch} "
+                                    f"tokens {plan.num_tokens} graphed {graphed}")
         self.timer.begin(plan.step, graphed)
         begin = getattr(self.model.comm, "begin_step", None)  # an FA Pool's base
         if begin is not None:

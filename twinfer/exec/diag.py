@@ -1,0 +1,33 @@
+"""Diagnostics of a multi-rank run: ``TWINFER_DEBUG=1`` makes every rank say what it does.
+
+Each phase a rank enters (device choice, torch.distributed init, groups, weights,
+memory probe, KV sizing, graph capture, every step) is printed on stderr as
+``[twinfer r<rank> +<seconds>s] <phase>`` and flushed at once, so that the last line of
+each rank in a hung job names where it stopped. Off by default: one environment read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+DEBUG_ENV = "TWINFER_DEBUG"
+_T0 = time.perf_counter()
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+
+
+def phase(rank: int, what: str) -> None:
+    """Print ``what`` for ``rank`` (when debugging), flushed."""
+    if debugging():
+        sys.stderr.write(f"[twinfer r{rank} +{time.perf_counter() - _T0:.2f}s] {what}\n")
+        sys.stderr.flush()
+
+
+def warn(rank: int, what: str) -> None:
+    """Always printed: something every rank's log should show (e.g. a failed capture)."""
+    sys.stderr.write(f"[twinfer r{rank}] warning: {what}\n")
+    sys.stderr.flush()
