@@ -16,6 +16,19 @@ DEBUG_ENV = "TWINFER_DEBUG"
 _T0 = time.perf_counter()
 
 
+DUMP_ENV = "TWINFER_DEBUG_DUMP_S"  # with TWINFER_DEBUG: dump every thread's stack then
+
+
+def arm_stack_dump() -> None:
+    """With ``TWINFER_DEBUG_DUMP_S=S`` set, every rank prints all its threads' Python
+    stacks after S seconds if it is still running (where a hung rank waits)."""
+    seconds = float(os.environ.get(DUMP_ENV, "0") or 0)
+    if seconds > 0:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(seconds, exit=False)
+
+
 def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
 

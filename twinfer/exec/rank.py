@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from twinfer.exec.diag import phase
+from twinfer.exec.diag import arm_stack_dump, phase
 from twinfer.exec.launch import ExecArgs, rendezvous_address
 from twinfer.exec.scheduler import Sequence
 from twinfer.spec import Request, Scenario, SpecError, load_scenario, scenario_from_dict
@@ -41,6 +41,7 @@ def rank_main(args: ExecArgs) -> int:
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
+    arm_stack_dump()
     try:
         session = open_session(args, world)
         phase(rank, "serve")
