@@ -1,6 +1,7 @@
 """Benchmark of the decode kernels against torch SDPA and the device's copy bandwidth.
 
-    python -m twinfer.kernels.bench [--quick] [--sweep] [--json OUT] [--only decode,ops]
+    python -m twinfer.kernels.bench [--quick] [--sweep [splits,tiles]] [--json OUT]
+                                    [--only decode,ops]
 
 Decode shapes: Llama-3-8B-like GQA (32 query heads, 8 KV heads, head_dim 128) and MHA
 (32/32), batch {1, 8, 32, 64} x context {1K, 8K, 32K, 128K}, bf16, every sequence at
@@ -10,8 +11,10 @@ smaller than 4x L2 are also rotated among copies), GB/s of K+V read, % of the me
 device copy bandwidth (bytes read + written by a large device-to-device copy, same
 run), the ratio to torch SDPA (flash backend, ``enable_gqa=True``, q as [B, H, 1, D],
 same tensors) and the paged kernel (pages of 16 and 64 tokens, shuffled block table)
-relative to the contiguous one. ``--sweep`` adds the split-count and tile sweeps that
-chose the defaults. ``--only ops`` runs prefill / RMSNorm / RoPE (`bench_ops`).
+relative to the contiguous one. Each timing also has a CUDA-graph twin (device time
+without host launch cost) and, for small shapes, the host microseconds per call.
+``--sweep`` adds the split-count and tile sweeps that chose the defaults. ``--only ops``
+runs prefill / RMSNorm / RoPE (`bench_ops`).
 """
 
 from __future__ import annotations

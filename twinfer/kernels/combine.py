@@ -8,8 +8,9 @@ attention over all the keys is
     out = sum_p exp(lse_p - lse) * o_p
 
 This is stage 2 of FlashDecoding's split-KV decode (Dao et al., "Flash-Decoding for
-long-context inference", 2023), the merge of KV shards held by other GPUs in the
-`kv_sharded` layout, and the hierarchical reduction of FA Pool. FlashDecoding++
+long-context inference", 2023; `twinfer.kernels.decode` does it inside its own launch),
+the merge of KV shards held by other GPUs in the `kv_sharded` layout, and the
+hierarchical reduction of FA Pool. FlashDecoding++
 (Hong et al., 2023) removes this rescaling with a unified max; we keep the exact
 per-part maximum because parts may come from other devices whose score range we
 cannot bound in advance.

@@ -26,8 +26,9 @@ import triton.language as tl
 
 from twinfer.kernels.backend import Backend, arg_key, interpreting, launch, next_pow2, use_triton
 
-# Set from the H200 benchmark (docs/BENCHMARKS.md): does "auto" use the Triton kernels on
-# CUDA tensors?
+# Does "auto" use the Triton kernels on CUDA tensors? Set from the H200 benchmark
+# (docs/BENCHMARKS.md): RMSNorm 1.2-2.2x faster than F.rms_norm at 1-16384 tokens,
+# add + RMSNorm 1.3-2.2x from 256 tokens, RoPE 9-51x faster than the torch reference.
 TRITON_BY_DEFAULT = {"rmsnorm": True, "rope": True}
 
 
