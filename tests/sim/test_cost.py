@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_profile
+from sim_profiles import make_profile
 
 from twinfer.sim.cost import CostModel, ring_traffic
 from twinfer.sim.stage import StageCost, StageSpec, StepBatch

@@ -4,7 +4,7 @@ profile, pool memory, and pool GPUs contended for in the engine (exact event log
 from __future__ import annotations
 
 import pytest
-from conftest import make_profile
+from sim_profiles import make_profile
 
 from twinfer.sim.cost import CostModel
 from twinfer.sim.fa_pool import PARTIAL_BYTES, FaPoolStageCost, PoolSpec, check_pool_fits

@@ -4,7 +4,7 @@ NVLink all-reduce line of 10 us + bytes / 100 GB/s, nothing else measured)."""
 from __future__ import annotations
 
 import pytest
-from conftest import make_profile
+from sim_profiles import make_profile
 
 from twinfer.sim.cost import CostModel
 from twinfer.sim.kv_sharded import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_profile
+from sim_profiles import make_profile
 
 from twinfer.sim.profile import SCHEMA_VERSION, load_profile, save_profile, shipped_profiles
 from twinfer.spec import SpecError

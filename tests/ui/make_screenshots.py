@@ -4,10 +4,10 @@
 
 Serves ``twinfer ui`` on a free port and drives each page in headless Chromium
 (``ui_browser``): What-if on the FA Pool paper's scenario (TPOT/TPS against
-sequence length, FA Pool against its static baseline; on H200s if the shipped H100
-profile cannot simulate it) and on the two-stage PP
+sequence length, FA Pool against its static baseline; with its links given in the
+YAML if the shipped profiles lack one) and on the two-stage PP
 scenario's timeline; Search on the 70B TP8 x PP2 scenario; Calibration on the
-shipped cpu profile; Sim vs real on the shipped validation results.
+shipped h200-sxm profile; Sim vs real on the shipped validation results.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import tempfile
 from pathlib import Path
 
 import ui_browser as ub
+from ui_data import fa_pool_paper_doc
+
+from twinfer.ui.editor import dump
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,8 +44,14 @@ def main(out: Path) -> None:
             ub.wait_idle(page)
             ub.pick(page, "Shipped scenario", "fa_pool_paper")
             if page.locator('[data-testid="stAlertContentError"]').count():
-                # the shipped GPU profile cannot run it: the same scenario on H200s
-                ub.pick(page, "GPU type (profile)", "h200-sxm")
+                # the shipped profiles lack a link it needs: give the links in the YAML
+                page.get_by_text("Scenario YAML").first.click()  # unfold the editor
+                editor = page.get_by_label("Scenario YAML", exact=True)
+                editor.fill(dump(fa_pool_paper_doc()))
+                editor.press("Control+Enter")
+                ub.wait_idle(page, settle_s=2.0)
+                page.get_by_text("Scenario YAML").first.click()  # fold the editor again
+                ub.wait_idle(page, settle_s=1.0)
             shoot(page, out, "whatif")
             ub.pick(page, "Shipped scenario", "llama3_8b_h200_pp2")
             tab(page, "Timeline")
@@ -58,7 +67,7 @@ def main(out: Path) -> None:
         with ub.browser_page(1440, 1000) as page:
             page.goto(f"{url}/calibration")
             ub.wait_idle(page)
-            ub.pick(page, "Profile", "cpu (shipped)")
+            ub.pick(page, "Profile", "h200-sxm (shipped)")
             tab(page, "Decode attention")
             shoot(page, out, "calibration")
             page.goto(f"{url}/sim-vs-real")

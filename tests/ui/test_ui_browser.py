@@ -9,7 +9,7 @@ import time
 
 import pytest
 import ui_browser as ub
-from conftest import RESULTS, sampled_profile_doc
+from ui_data import RESULTS, sampled_profile_doc
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(bool(ub.missing()), reason=ub.missing() or "ok")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import fa_pool_paper_doc
+from ui_data import fa_pool_paper_doc
 
 from twinfer.spec import load_scenario
 from twinfer.ui.editor import (

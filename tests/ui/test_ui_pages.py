@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fa_pool_paper_doc, sampled_profile_doc
 from streamlit.testing.v1 import AppTest
+from ui_data import fa_pool_paper_doc, sampled_profile_doc
 
 import twinfer.ui
 from twinfer.spec import SpecError
@@ -258,3 +258,19 @@ def test_the_trace_download_is_a_chrome_trace():
     trace = json.loads(runs.trace_json(shipped_yaml("llama3_8b_h200_pp2")))
     steps = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     assert steps and {e["pid"] for e in steps} == {0, 1}
+
+
+def test_gpu_validation_sets_are_selected_by_default(tmp_path):
+    from ui_data import RESULTS
+
+    from twinfer.ui import validation
+
+    doc = json.loads(RESULTS.read_text())
+    for folder, kind in (("cpu", "cpu"), ("h100", "cuda")):
+        (tmp_path / "docs" / folder).mkdir(parents=True)
+        doc["device"]["type"] = kind
+        (tmp_path / "docs" / folder / "run.json").write_text(json.dumps(doc))
+    found = validation.shipped_results(tmp_path)
+    groups = {str(p.parent.relative_to(tmp_path)): [p] for p in found}
+    assert validation.default_groups(groups) == [str(Path("docs/h100"))]
+    assert validation.default_groups({"docs/cpu": groups["docs/cpu"]}) == ["docs/cpu"]
