@@ -274,3 +274,16 @@ def test_gpu_validation_sets_are_selected_by_default(tmp_path):
     groups = {str(p.parent.relative_to(tmp_path)): [p] for p in found}
     assert validation.default_groups(groups) == [str(Path("docs/h100"))]
     assert validation.default_groups({"docs/cpu": groups["docs/cpu"]}) == ["docs/cpu"]
+
+
+def test_every_shipped_scenario_renders_or_says_why_not():
+    from twinfer.spec.scenario import shipped_scenarios
+
+    at = AppTest.from_function(whatif_page, default_timeout=TIMEOUT_S).run()
+    for name in shipped_scenarios():
+        at.selectbox(key="wi_source").set_value(name).run()
+        no_failures(at)
+        if at.error:  # e.g. a profile that lacks a link the cluster uses
+            assert len(at.error) == 1 and "\n" not in at.error[0].value, name
+        else:
+            assert metrics(at)["GPUs"].isdigit(), name
