@@ -17,7 +17,7 @@ from twinfer.spec import SpecError, scenario_from_dict
 
 SCENARIO = {
     "name": "tiny_h200_tp2",
-    "model": "tiny",
+    "model": {"preset": "tiny", "dtype": "bf16"},  # the measured profile sweeps bf16
     "cluster": {"nodes": [{"name": "node0", "gpu": "h200-sxm", "count": 2,
                            "intra_link": "nvlink"}]},
     "layout": {"kind": "uniform", "tp": 2},

@@ -1,7 +1,8 @@
 """Prediction versus measurement: the twin's error on a run the executor made.
 
 ``compare(results)`` takes an executor results JSON (docs/RESULTS.md), simulates the
-same scenario (same requests, same arrivals, same layout) with a profile through the
+same scenario (same requests, same arrivals, same layout, the same KV pages per
+pipeline as the run had) with a profile through the
 twin's public entry point (``twinfer.sim.simulate``) and sets the two side by side:
 TTFT and TPOT (mean, p50, p99), output tokens per second, and the time spent in
 prefill and in decode steps (from ``calibration.replay``: every executor step's batch
@@ -92,7 +93,7 @@ def compare(doc: dict, profile: Profile | None = None, source: str = "") -> Comp
 
         profiles = resolve_profiles(scenario)
         profile = next(iter(profiles.values()))
-    sim = simulate(scenario, profiles=profile)
+    sim = simulate(scenario, profiles=profile, kv_blocks=measured_kv_blocks(doc))
     phases = phase_totals(replay(doc, profile))
     summary = doc["summary"]
     measured = {**_stat_fields("ttft", summary["ttft_s"]),
@@ -111,6 +112,22 @@ def compare(doc: dict, profile: Profile | None = None, source: str = "") -> Comp
         requests=workload.requests, prompt_tokens=_length(workload.prompt_tokens),
         output_tokens=_length(workload.output_tokens),
         profile=f"{profile.name} ({profile.source})", measured=measured, predicted=predicted)
+
+
+def measured_kv_blocks(doc: dict) -> list[int] | None:
+    """Each pipeline's KV pages in the run (its ranks' smallest pool), or None if the
+    results do not say. The executor sizes its pool from the GPU memory free when it
+    starts; the twin's memory plan assumes the whole GPU, so a run that shared its GPU
+    holds fewer pages, and with them admits fewer requests at once (docs/RESULTS.md)."""
+    by_pipe: dict[int, int] = {}
+    for rank in doc.get("ranks", []):
+        blocks, pipe = rank.get("num_blocks"), rank.get("pipeline")
+        if rank.get("idle") or not isinstance(blocks, int) or not isinstance(pipe, int):
+            continue
+        by_pipe[pipe] = min(blocks, by_pipe.get(pipe, blocks))
+    if not by_pipe or sorted(by_pipe) != list(range(len(by_pipe))):
+        return None
+    return [by_pipe[p] for p in range(len(by_pipe))]
 
 
 def compare_file(path: str | Path, profile: str | Path | None = None) -> Comparison:

@@ -28,9 +28,10 @@ def run(pipeline, requests, **sched):
 
 
 def test_continuous_batching_event_order():
-    # r0 arrives at 0 (4 prompt, 3 output tokens); r1 at 0.25 (4 prompt, 2 output):
-    # r1 waits for r0's prefill step, then prefills in the same step as r0's first
-    # decode (iteration-level scheduling), and both finish in the next decode step.
+    # r0 arrives at 0 (4 prompt, 3 output tokens); r1 at 0.25 (4 prompt, 2 output).
+    # As the executor schedules (vLLM without chunked prefill): a step is a prefill or
+    # a decode, prefill first, so r1's prefill runs while r0 waits for its second
+    # token; then both decode together and r1 finishes first.
     reqs = [Request(0, 0.0, 4, 3), Request(1, 0.25, 4, 2)]
     record, log = run(FixedPipeline(1, 1), reqs)
     assert log == [
@@ -40,32 +41,56 @@ def test_continuous_batching_event_order():
         (0.25, "arrive", 1, 0, 0),
         (1.0, "stage_end", 0, 0, 0),
         (1.0, "first_token", 0),
-        (1.0, "step", 0, 0, 1, 4),
+        (1.0, "step", 0, 0, 0, 4),
         (1.0, "stage_start", 0, 0, 0),
         (2.0, "stage_end", 0, 0, 0),
         (2.0, "first_token", 1),
         (2.0, "step", 0, 0, 2, 0),
         (2.0, "stage_start", 0, 0, 0),
         (2.5, "stage_end", 0, 0, 0),
-        (2.5, "finish", 0, 3),
         (2.5, "finish", 1, 2),
+        (2.5, "step", 0, 0, 1, 0),
+        (2.5, "stage_start", 0, 0, 0),
+        (3.0, "stage_end", 0, 0, 0),
+        (3.0, "finish", 0, 3),
     ]
     assert record.tokens == [3, 2] and record.tokens_emitted == 5
 
 
-def test_chunked_prefill_and_kv_wait():
-    # a 6-token prompt with a 4-token budget takes two prefill steps
-    record, log = run(FixedPipeline(1, 1), [Request(0, 0.0, 6, 1)], max_prefill_tokens=4)
+def test_whole_prompts_packed_within_the_budget_and_kv_wait():
+    # no chunking: a 6-token prompt over a 4-token budget runs alone; the next one
+    # (3 tokens) would overflow the budget, so it takes the next step
+    record, log = run(FixedPipeline(1, 1), [Request(0, 0.0, 6, 1), Request(1, 0.0, 3, 2)],
+                      max_prefill_tokens=4)
     assert [e for e in log if e[1] in ("step", "first_token", "finish")] == [
-        (0.0, "step", 0, 0, 0, 4), (1.0, "step", 0, 0, 0, 2),
-        (2.0, "first_token", 0), (2.0, "finish", 0, 1)]
-    # KV for one request at a time (2 blocks of 4 tokens): r1 waits for r0 to finish
+        (0.0, "step", 0, 0, 0, 6), (1.0, "first_token", 0), (1.0, "finish", 0, 1),
+        (1.0, "step", 0, 0, 0, 3), (2.0, "first_token", 1), (2.0, "step", 0, 0, 1, 0),
+        (2.5, "finish", 1, 2)]
+    # 2 pages of 4 tokens, one kept free at admission (the watermark): r1 waits for r0
     log: list = []
     Engine([FixedPipeline(1, 1)], [2], [Request(0, 0.0, 4, 2), Request(1, 0.0, 4, 2)],
            SchedulerSpec(kv_block_tokens=4), log=log).run()
     assert [e for e in log if e[1] in ("step", "finish")] == [
         (0.0, "step", 0, 0, 0, 4), (1.0, "step", 0, 0, 1, 0), (1.5, "finish", 0, 2),
         (1.5, "step", 0, 0, 0, 4), (2.5, "step", 0, 0, 1, 0), (3.0, "finish", 1, 2)]
+
+
+def test_decode_preempts_the_latest_admitted_by_recomputation():
+    # 3 pages of 4 tokens: both 4-token prompts are admitted (1 page each, 1 left);
+    # their first decode writes token 5, a second page each: r0 (admitted first) takes
+    # the last page, r1 is preempted, later re-prefills its prompt and its one token
+    # (5 tokens, emitting its second token) and decodes the rest
+    log: list = []
+    engine = Engine([FixedPipeline(1, 1)], [3], [Request(0, 0.0, 4, 6), Request(1, 0.0, 4, 6)],
+                    SchedulerSpec(kv_block_tokens=4), log=log)
+    record = engine.run()
+    assert [e for e in log if e[1] in ("step", "first_token", "finish")] == [
+        (0.0, "step", 0, 0, 0, 8), (1.0, "first_token", 0), (1.0, "first_token", 1),
+        *[(1.0 + 0.5 * i, "step", 0, 0, 1, 0) for i in range(5)], (3.5, "finish", 0, 6),
+        (3.5, "step", 0, 0, 0, 5), *[(4.5 + 0.5 * i, "step", 0, 0, 1, 0) for i in range(4)],
+        (6.5, "finish", 1, 6)]
+    assert record.tokens == [6, 6] and record.kv_peak_blocks == [3]
+    assert engine.lanes[0][0].preemptions == 1
 
 
 def test_pipeline_keeps_two_micro_batches_in_flight():

@@ -47,3 +47,19 @@ def test_grid_is_bilinear_in_log_space_and_monotone():
     assert t == pytest.approx(math.sqrt(1.0 * 1000.0))
     assert g.at(1000, 50) == (pytest.approx(10.0), ABOVE, BELOW)
     assert not LogLogGrid.is_grid([(1, 1), (2, 2)])
+
+
+def test_a_spike_next_to_a_fast_growing_neighbour_is_caught():
+    # the shipped H100 prefill-attention curve (ms): the 4096 sample sits 9x above
+    # 2048 and just below 8192; the line through its neighbours says ~0.43 ms (the
+    # H200 measured 0.41 ms there)
+    pts = [(1024, 0.050), (2048, 0.132), (4096, 1.207), (8192, 1.41), (16384, 5.167)]
+    s = LogLogSeries(pts)
+    assert s.spikes == 1
+    assert s.at(4096)[0] == pytest.approx(math.sqrt(0.132 * 1.41))
+    # unevenly spaced neighbours: the replacement is the log-log line, not their mean
+    s = LogLogSeries([(1, 1.0), (2, 50.0), (8, 64.0), (16, 100.0)])
+    assert s.at(2)[0] == pytest.approx(4.0)  # 64 ** (1/3); their geometric mean is 8
+    # a convex (power-law) curve is left alone
+    quad = [(x, 1e-3 * x * x + 1.0) for x in (1, 2, 4, 8, 16, 32)]
+    assert LogLogSeries(quad).spikes == 0

@@ -4,16 +4,30 @@ A step of the executor costs its kernels plus what the host adds: Python buildin
 step, launching each layer's kernels (gone where CUDA graphs replay decode), sampling,
 the plan broadcast. At small batch this dominates (Vidur leaves host overhead out by
 default, and its users report large errors against real engines). The twin charges
-``overheads.step_s`` once per step on a pipeline's first stage and
-``overheads.per_layer_s`` per layer on every stage (``twinfer.sim.stage``).
+``overheads.step_s`` once per decode step and ``overheads.prefill_step_s`` once per
+prefill step on a pipeline's first stage, and ``overheads.per_layer_s`` per layer on
+every stage (``twinfer.sim.stage``).
 
 ``fit_overheads`` replays every step of one or more one-stage executor runs through
-the cost model with the overheads left out (``replay``) and fits
-``measured - kernels = step_s + per_layer_s * layers`` by non-negative least squares
-over all steps. No step is dropped as an outlier: the host's occasional stalls are
-part of what a served token costs, and mean TPOT and TPS include them. The two terms
-can only be told apart by runs whose layer counts differ; with one layer count
-everything goes to ``step_s`` and the fit says so.
+the cost model with the overheads left out (``replay``) and fits the rest,
+``measured - kernels``, per phase, because the two phases run differently: decode
+replays a CUDA graph, prefill runs eager (its first step of a run also pays what the
+warm-up did not: new GEMM and attention shapes). Decode steps fit
+``step_s + per_layer_s * layers`` by least squares; with CUDA graphs ``per_layer_s``
+may come out negative, and is kept: the sweeps time each tiny decode kernel
+(a norm of one token, a 4 KB RoPE) at its launch-bound floor, which a graph replay
+undercuts, so summed sweep times overstate a 32-layer graph more than an 8-layer one.
+Without graphs both are non-negative (NNLS). Prefill steps then fit
+``prefill_step_s`` as the mean of what is left after ``per_layer_s``. No step is
+dropped as an outlier: the host's occasional stalls are part of what a served token
+costs, and mean TPOT and TPS include them. The layer term can only be told apart by
+runs whose layer counts differ; with one layer count everything goes to the step
+terms and the fit says so.
+
+Before this split one constant served both phases: on the H200 runs the decode steps
+(kernels above measured by ~0.4 ms at 32 layers) and the prefill steps (~7 ms above)
+pulled it apart, non-negative least squares returned ``step_s = 0`` with a 1.3 ms
+residual, and prefill lost its overhead.
 
 ``comm_overlap`` stays 0: the executor issues its collectives on the compute stream,
 so its timeline's communication intervals are disjoint from compute and nothing is
@@ -38,19 +52,25 @@ from twinfer.spec import SpecError
 class OverheadFit:
     step_s: float
     per_layer_s: float
-    rms_s: float  # root mean square residual of the fit over the kept steps
+    rms_s: float  # root mean square residual of the fit over all steps
     steps: int
     layer_counts: tuple[int, ...]
     cuda_graphs: bool
     comm_share: float  # measured communication share of the ranks' step time
+    prefill_step_s: float | None = None  # None: no prefill steps to fit
+    prefill_steps: int = 0
 
     def note(self, sources: list[str]) -> str:
         split = ("" if len(self.layer_counts) > 1 else
                  f"; one layer count ({self.layer_counts[0]}): all of it in step_s")
+        prefill = ("" if self.prefill_step_s is None else
+                   f", prefill_step_s {self.prefill_step_s * 1e6:.1f} us "
+                   f"({self.prefill_steps} prefill steps)")
         return (f"overheads fitted from {self.steps} executor steps of "
                 f"{', '.join(sources)} (layers {list(self.layer_counts)}, CUDA graphs "
                 f"{self.cuda_graphs}): step_s "
-                f"{self.step_s * 1e6:.1f} us, per_layer_s {self.per_layer_s * 1e6:.2f} us, "
+                f"{self.step_s * 1e6:.1f} us{prefill}, per_layer_s "
+                f"{self.per_layer_s * 1e6:.2f} us, "
                 f"residual rms {self.rms_s * 1e6:.1f} us{split}; comm_overlap 0 (collectives "
                 f"on the compute stream; measured comm share {self.comm_share:.1%})")
 
@@ -88,17 +108,41 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     if len(rows) < 2:
         raise SpecError("--from-exec", "no one-stage executor steps to fit overheads to",
                         "give results of runs without pipeline stages (pp=1)")
+    graphs = all(doc["summary"].get("cuda_graphs") for doc in docs)
+    counts = tuple(sorted({r.layers for r in rows}))
+    decode = [r for r in rows if r.phase == "decode"] or rows
+    step_s, per_layer_s = _fit_decode(decode, len(counts) > 1, graphs)
+    prefill = [r for r in rows if r.phase == "prefill"]
+    prefill_step_s = None
+    if prefill and decode is not rows:
+        left = [r.measured_s - r.kernels_s - per_layer_s * r.layers for r in prefill]
+        prefill_step_s = max(0.0, float(np.mean(left)))
+    resid = [r.measured_s - r.kernels_s - per_layer_s * r.layers
+             - (prefill_step_s if r.phase == "prefill" and prefill_step_s is not None
+                else step_s) for r in rows]
+    rms = float(np.sqrt(np.mean(np.square(resid))))
+    return OverheadFit(step_s, per_layer_s, rms, len(rows), counts, bool(graphs),
+                       _comm_share(docs), prefill_step_s, len(prefill))
+
+
+def _fit_decode(rows: list[StepReplay], split: bool, graphs: bool) -> tuple[float, float]:
+    """(step_s, per_layer_s) of ``measured - kernels = step_s + per_layer_s * layers``:
+    least squares, ``per_layer_s`` free in sign with CUDA graphs (module doc), else NNLS;
+    ``step_s`` never negative."""
     extra = np.array([r.measured_s - r.kernels_s for r in rows])
     layers = np.array([r.layers for r in rows], dtype=float)
-    counts = tuple(sorted({int(v) for v in layers}))
-    if len(counts) > 1:
-        coef, rms = fit_linear_nonneg(np.column_stack([np.ones(len(rows)), layers]), extra)
-    else:
-        (step_s,), rms = fit_linear_nonneg(np.ones((len(rows), 1)), extra)
-        coef = np.array([step_s, 0.0])
-    graphs = all(doc["summary"].get("cuda_graphs") for doc in docs)
-    return OverheadFit(float(coef[0]), float(coef[1]), rms, len(rows), counts, bool(graphs),
-                       _comm_share(docs))
+    if not split:
+        (step_s,), _ = fit_linear_nonneg(np.ones((len(rows), 1)), extra)
+        return float(step_s), 0.0
+    design = np.column_stack([np.ones(len(rows)), layers])
+    if graphs:
+        (step_s, per_layer_s), *_ = np.linalg.lstsq(design, extra, rcond=None)
+        if step_s >= 0:
+            return float(step_s), float(per_layer_s)
+        # a negative constant is no host time: refit through the origin
+        return 0.0, float(layers @ extra / (layers @ layers))
+    coef, _ = fit_linear_nonneg(design, extra)
+    return float(coef[0]), float(coef[1])
 
 
 def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict:
@@ -106,6 +150,8 @@ def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict
     out = json.loads(json.dumps(profile))
     out["overheads"] = {"step_s": fit.step_s, "per_layer_s": fit.per_layer_s,
                         "cuda_graphs": fit.cuda_graphs, "comm_overlap": 0.0}
+    if fit.prefill_step_s is not None:
+        out["overheads"]["prefill_step_s"] = fit.prefill_step_s
     out["notes"] = [n for n in out.get("notes", []) if not n.startswith("overheads ")]
     out["notes"].append(fit.note(sources))
     return out

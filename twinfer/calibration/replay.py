@@ -36,7 +36,8 @@ class StepReplay:
     tokens: int
     measured_s: float
     predicted_s: float  # the twin's time, the profile's overheads included
-    kernels_s: float  # the same without the fixed overheads (step_s, per_layer_s)
+    kernels_s: float  # the same without the fixed overheads (step_s or
+    # prefill_step_s, per_layer_s)
     layers: int  # layers of the pipeline's first stage (where step_s is charged)
     stages: int
 
@@ -100,8 +101,9 @@ def replay(doc: dict, profile: Profile | None = None) -> list[StepReplay]:
     out = []
     for step, measured_s in zip(steps, measured, strict=True):
         pipe = twin.pipelines[int(step["pipeline"])]
-        times, _, hops = pipe.step(step_batch(step))
-        fixed = sum(stage.fixed_s for stage in pipe.stages)
+        batch = step_batch(step)
+        times, _, hops = pipe.step(batch)
+        fixed = sum(stage.fixed_of(batch) for stage in pipe.stages)
         predicted = sum(times) + sum(hops)
         out.append(StepReplay(step["phase"], int(step["batch"]), int(step["tokens"]),
                               measured_s, predicted, predicted - fixed,

@@ -7,17 +7,19 @@ flight a lane cannot step faster than its busiest stage serves all lanes, so its
 period is ``max(L, max over stages of the lanes' summed stage times)``.
 
 - **Batch arrivals**: each lane's requests run in waves of what fits (``max_running``
-  and KV capacity); a wave's prompts are prefilled in budget-sized steps, then its
-  decode steps are summed one by one. For identical requests that fit in one wave
-  this is exactly the engine's schedule without its event queue, and a test holds
-  the two within 1%.
+  and KV capacity for prompt and output: the fast path does not preempt); a wave's
+  prompts are prefilled whole, packed into budget-sized steps (the engine's and the
+  executor's prefill-first policy), then its decode steps are summed one by one. For
+  identical requests that fit in one wave this is exactly the engine's schedule
+  without its event queue, and a test holds the two within 1%.
 - **Poisson and trace arrivals**: steady state. A lane's concurrency ``n`` solves
   Little's law ``n = rate x E2E(n)`` (fixed-point iteration), capped by
-  ``max_running`` and KV capacity; TPOT is the period of a decode step of ``n``
-  sequences at the mean context that also carries the prompt tokens arriving
-  meanwhile (``rate x mean prompt x period``, as chunked prefill mixes them in);
-  TTFT is the request's prompt in budget-sized chunks alongside ``n - 1`` decodes.
-  Queueing beyond capacity is not modelled: the result then carries a warning.
+  ``max_running`` and KV capacity. Prefill steps of arriving prompts run between
+  decode steps and stall them: a share ``rate x T_prefill`` of the lane's time, so
+  TPOT is the decode step of ``n`` sequences at the mean context stretched by
+  ``1 / (1 - rate x T_prefill)``; TTFT is the prompt's prefill step plus, on
+  average, half a decode step it waits for. Queueing beyond capacity is not
+  modelled: the result then carries a warning.
 """
 
 from __future__ import annotations
@@ -125,22 +127,18 @@ def _lane_steps(pipe: PipelineModel, reqs: list[Request], cap: tuple[int, int],
             wave.append(req)
             used += need
         pending = pending[len(wave):]
-        queue = [[r, 0] for r in wave]
-        while queue:  # prompts packed into budget-sized steps
-            left, chunks, events = budget, [], []
-            for item in queue:
-                if left <= 0:
+        queue = list(wave)
+        while queue:  # whole prompts packed into budget-sized steps (a longer one alone)
+            take, tokens = 0, 0
+            for req in queue:
+                if take and tokens + req.prompt_tokens > budget:
                     break
-                req, have = item
-                c = min(req.prompt_tokens - have, left)
-                chunks.append((c, have))
-                item[1] += c
-                left -= c
-                if item[1] == req.prompt_tokens:
-                    events.append((req.rid, 1))
-            steps.append((StepBatch(0, 0, tuple(chunks), sum(c for c, _ in chunks),
-                                    len(events)), events))
-            queue = [item for item in queue if item[1] < item[0].prompt_tokens]
+                take += 1
+                tokens += req.prompt_tokens
+            chunks = tuple((r.prompt_tokens, 0) for r in queue[:take])
+            steps.append((StepBatch(0, 0, chunks, tokens, take),
+                          [(r.rid, 1) for r in queue[:take]]))
+            queue = queue[take:]
         live, step = wave, 1
         while True:  # decode steps: every live sequence emits one token
             live = [r for r in live if r.output_tokens > step]
@@ -210,53 +208,41 @@ def _steady_lane(twin: Twin, i: int, reqs: list[Request], rec: RunRecord) -> boo
     rate = (len(reqs) - 1) / span if span > 0 else math.inf
     n_max = max(1, min(max_running, blocks // max(1, -(-int(mean_p + mean_o) // block))))
 
-    budget = twin.scenario.scheduler.max_prefill_tokens
+    prompt = max(1, round(mean_p))
+    prefill = StepBatch(0, 0, ((prompt, 0),), prompt, 1)
+    prefill_period, prefill_latency, _, _ = _period(pipe, prefill)
+    stall = min(0.95, rate * prefill_period) if rate < math.inf else 0.95
 
-    def steady_step(n: float) -> StepBatch:
-        """A decode step of ``n`` sequences at the mean context, carrying the prompt
-        tokens that arrive meanwhile (chunked prefill mixes them into decode steps)."""
+    def decode_step(n: float) -> StepBatch:
         nn = max(1, round(n))
-        ctx = round(nn * (mean_p + mean_o / 2))
-        batch = StepBatch(nn, ctx, (), 0, nn)
-        room = max(0, budget - nn)
-        for _ in range(20):  # fixed point: prompt tokens per step = rate x mean_p x period
-            period = _period(pipe, batch)[0]
-            c = min(room, round(rate * mean_p * period)) if rate < math.inf else room
-            if c <= 0 or c == batch.prefill_tokens:
-                break
-            prior = max(0, round((mean_p - c) / 2))
-            batch = StepBatch(nn, ctx, ((c, prior),), c, nn)
-        return batch
+        return StepBatch(nn, round(nn * (mean_p + mean_o / 2)), (), 0, nn)
 
-    def decode_period(n: float) -> float:
-        return _period(pipe, steady_step(n))[0]
+    def tpot_of(n: float) -> float:
+        """A decode step, stretched by the prefill steps that stall it."""
+        return _period(pipe, decode_step(n))[0] / (1.0 - stall)
 
     n = 1.0
     for _ in range(50):
-        e2e = decode_period(n) * (mean_o - 1) + decode_period(n)
+        e2e = prefill_latency + tpot_of(n) * (mean_o - 1)
         n_next = min(n_max, max(1.0, rate * e2e))
         if abs(n_next - n) < 1e-3:
             break
         n = n_next
     nn = max(1, round(n))
-    tpot = decode_period(n)
-    ctx = round((nn - 1) * (mean_p + mean_o / 2))
-    room = max(1, budget - (nn - 1))
+    tpot = tpot_of(n)
+    wait = _period(pipe, decode_step(nn - 1))[0] / 2 if nn > 1 else 0.0
     for req in reqs:
-        ttft, done = 0.0, 0
-        while done < req.prompt_tokens:  # the prompt in budget-sized chunks
-            c = min(room, req.prompt_tokens - done)
-            logits = nn if done + c == req.prompt_tokens else nn - 1
-            ttft += _period(pipe, StepBatch(nn - 1, ctx, ((c, done),), c, logits))[1]
-            done += c
+        ttft = wait + _period(pipe, StepBatch(0, 0, ((req.prompt_tokens, 0),),
+                                              req.prompt_tokens, 1))[1]
         rec.arrival_s[req.rid] = req.arrival_s
         rec.first_token_s[req.rid] = req.arrival_s + ttft
         rec.finish_s[req.rid] = req.arrival_s + ttft + (req.output_tokens - 1) * tpot
         rec.tokens[req.rid] = req.output_tokens
         rec.tokens_emitted += req.output_tokens
-    busy_share = len(reqs) * mean_o / nn  # decode steps the lane takes
-    _, _, times, comms = _period(pipe, steady_step(nn))
+    busy_share = len(reqs) * (mean_o - 1) / nn  # decode steps the lane takes
+    _, _, times, comms = _period(pipe, decode_step(nn))
+    _, _, p_times, p_comms = _period(pipe, prefill)
     for s, st in enumerate(stats):
-        st.busy_s += times[s] * busy_share
-        st.comm_s += comms[s] * busy_share
-    return rate * (tpot * mean_o) > n_max
+        st.busy_s += times[s] * busy_share + p_times[s] * len(reqs)
+        st.comm_s += comms[s] * busy_share + p_comms[s] * len(reqs)
+    return rate * (tpot * mean_o) > n_max or rate * prefill_period >= 0.95

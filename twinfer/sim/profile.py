@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from twinfer.spec.cluster import LinkKind
 from twinfer.spec.errors import SpecError, pydantic_to_spec_error
@@ -147,10 +147,32 @@ class CollectiveFit(_Strict):
 
 
 class Overheads(_Strict):
+    """Per-step time no kernel sweep shows (docs/PROFILE.md): ``step_s`` per decode step
+    (and per prefill step unless ``prefill_step_s`` says otherwise: prefill runs eager,
+    decode replays CUDA graphs), plus ``per_layer_s`` per layer. ``per_layer_s`` may be
+    negative with CUDA graphs: the sweeps time tiny kernels at their launch-bound floor,
+    which a graph replay undercuts."""
+
     step_s: float = Field(0.0, ge=0, description="host + launch time per executor step")
-    per_layer_s: float = Field(0.0, ge=0, description="launch time per layer per step")
+    prefill_step_s: float | None = Field(None, ge=0, description="the same per prefill step "
+                                         "(None: step_s)")
+    per_layer_s: float = Field(0.0, description="launch time per layer per step")
     cuda_graphs: bool = False
     comm_overlap: float = Field(0.0, ge=0, le=1, description="share of TP collectives hidden")
+
+    @model_validator(mode="after")
+    def _negative_only_with_graphs(self) -> Overheads:
+        if self.per_layer_s < 0 and not self.cuda_graphs:
+            raise ValueError("per_layer_s < 0 only with cuda_graphs (graph replay undercuts "
+                             "the sweeps' launch-bound kernel floor)")
+        return self
+
+    def fixed_s(self, layers: int, first: bool, prefill: bool) -> float:
+        """The overhead a stage of ``layers`` layers adds to one step."""
+        step = self.step_s
+        if prefill and self.prefill_step_s is not None:
+            step = self.prefill_step_s
+        return self.per_layer_s * layers + (step if first else 0.0)
 
 
 class MemoryInfo(_Strict):

@@ -12,22 +12,32 @@ from twinfer.sim.layouts import add_layout_reports, engine_for
 from twinfer.sim.results import GpuReport, LinkReport, SimResult, Stat, latency_stats
 from twinfer.sim.trace import write_chrome_trace
 from twinfer.sim.twin import ProfilesArg, Twin, build_twin
+from twinfer.spec.errors import SpecError
 from twinfer.spec.scenario import Scenario, load_scenario
 
 
 def simulate(scenario: Scenario | str | Path, profiles: ProfilesArg = None,
-             trace: str | Path | None = None, log: list | None = None) -> SimResult:
+             trace: str | Path | None = None, log: list | None = None,
+             kv_blocks: list[int] | None = None) -> SimResult:
     """Run the SimPy twin on ``scenario`` (an object, a YAML path or a shipped name).
 
     ``profiles`` overrides the GPU profiles (see ``twin.resolve_profiles``); ``trace``
-    writes a Chrome/Perfetto trace there; ``log`` receives the engine's event log.
+    writes a Chrome/Perfetto trace there; ``log`` receives the engine's event log;
+    ``kv_blocks`` gives each pipeline's KV pages as a measured run had them (``compare``:
+    the executor sizes its pool from the memory free at start-up, which other work on
+    the GPU can shrink), instead of the memory plan's.
     Raises ``SpecError`` for anything the twin cannot simulate.
     """
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     start = time.perf_counter()
     twin = build_twin(scenario, profiles)
-    engine = engine_for(twin)(twin.pipelines, [m.kv_blocks for m in twin.memory],
+    if kv_blocks is None:
+        kv_blocks = [m.kv_blocks for m in twin.memory]
+    elif len(kv_blocks) != len(twin.memory):
+        raise SpecError("kv_blocks", f"gives {len(kv_blocks)} pipelines, the layout has "
+                        f"{len(twin.memory)}", "give one page count per pipeline")
+    engine = engine_for(twin)(twin.pipelines, list(kv_blocks),
                               twin.requests, scenario.scheduler, trace=trace is not None,
                               log=log)
     record = engine.run()

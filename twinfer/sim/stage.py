@@ -63,8 +63,8 @@ class StageCost:
         self.cost = cost
         self.shard = ShardShape.of(spec.model, spec.tp)
         overheads = cost.profile.overheads
-        self.fixed_s = overheads.per_layer_s * spec.num_layers + (
-            overheads.step_s if spec.first else 0.0)
+        self.fixed_s = overheads.fixed_s(spec.num_layers, spec.first, prefill=False)
+        self.prefill_fixed_s = overheads.fixed_s(spec.num_layers, spec.first, prefill=True)
         self.comm_kept = 1.0 - overheads.comm_overlap
         self._dense: dict[int, tuple[float, float]] = {}
         self._head: dict[int, tuple[float, float]] = {}
@@ -82,7 +82,12 @@ class StageCost:
                 head = self._head[batch.logits_n] = self._lm_head_s(batch.logits_n)
             time_s += head[0]
             comm_s += head[1]
-        return time_s + self.attention_s(batch) + self.fixed_s, comm_s
+        return time_s + self.attention_s(batch) + self.fixed_of(batch), comm_s
+
+    def fixed_of(self, batch: StepBatch) -> float:
+        """The profile's fixed overheads for this step: a step carrying prompt tokens
+        runs eager (the prefill overhead), a pure decode step replays a graph."""
+        return self.prefill_fixed_s if batch.prefill_tokens else self.fixed_s
 
     def attention_s(self, batch: StepBatch) -> float:
         """All layers' attention: decodes over their contexts plus the prompt chunks."""
