@@ -225,6 +225,7 @@ def calibrate(opts: CalibrateOptions) -> tuple[dict, Path]:
     """Run the sweeps (resuming a partial run) and write the profile; returns it and
     where it went."""
     from twinfer.calibration.device import default_name, device_info
+    from twinfer.calibration.links import fill_unmeasured_links, shipped_siblings
     from twinfer.calibration.profile_build import (
         build_profile,
         carry_over,
@@ -252,6 +253,8 @@ def calibrate(opts: CalibrateOptions) -> tuple[dict, Path]:
     profile = build_profile(store.groups, device_info(device), plan, name, notes)
     if out.exists():
         carry_over(profile, read_profile_dict(out))
+    # what neither this run nor the profile it replaces measured: datasheet fallbacks
+    fill_unmeasured_links(profile, shipped_siblings(name, PROFILES_DIR))
     write_profile(profile, out)
     store.remove()
     return profile, out

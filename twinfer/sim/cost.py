@@ -320,8 +320,10 @@ class CostModel:
 
     def _fitted(self, fit: CollectiveFit, nbytes: float, label: str) -> float:
         if not fit.samples:
+            why = f": FALLBACK, {fit.fallback}" if fit.fallback else ""
             self.provenance.note(("fit", label), f"{label}: alpha-beta line without samples "
-                                 f"({fit.alpha_s * 1e6:.1f} us, {fit.bytes_per_s / 1e9:.0f} GB/s)")
+                                 f"({fit.alpha_s * 1e6:.1f} us, {fit.bytes_per_s / 1e9:.0f} GB/s)"
+                                 + why)
             return fit.alpha_s + nbytes / fit.bytes_per_s
         series = self._collective_series(fit, label)
         t, where = series.at(nbytes)

@@ -144,6 +144,8 @@ class CollectiveFit(_Strict):
     bytes_per_s: float = Field(gt=0)
     samples: list[CollectiveSample] = Field(default_factory=list)
     residual_rel: float = Field(0.0, ge=0)
+    fallback: str | None = Field(None, description="not measured: where the line comes "
+                                 "from (a datasheet figure, another profile's alpha)")
 
 
 class Overheads(_Strict):
