@@ -111,3 +111,12 @@ def test_explicit_profile_is_used(tmp_path):
     c = compare_file(res, "h100-sxm")
     assert c.profile.startswith(h100.name)
     assert Path(c.source) == res
+
+
+def test_the_twin_gets_the_runs_kv_pages():
+    from twinfer.compare import measured_kv_blocks
+
+    ranks = [{"rank": 0, "pipeline": 0, "num_blocks": 900},
+             {"rank": 1, "pipeline": 0, "num_blocks": 850}, {"rank": 2, "idle": True}]
+    assert measured_kv_blocks({"ranks": ranks}) == [850]
+    assert measured_kv_blocks({"ranks": []}) is None

@@ -74,3 +74,17 @@ def test_nonneg_least_squares_recovers_overheads():
     coef, rms = fit_linear_nonneg(design, target)
     assert coef == pytest.approx([40e-6, 8e-6], rel=0.05)
     assert rms < 2e-6
+
+
+def test_decode_overheads_recover_a_negative_per_layer_term_under_graphs():
+    from twinfer.calibration.overheads import _fit_decode
+    from twinfer.calibration.replay import StepReplay
+
+    # measured = kernels + 300 us - 24 us per layer (graph replay undercuts the sweeps)
+    rows = [StepReplay("decode", 4, 4, k + 300e-6 - 24e-6 * layers, k, k, layers, 1)
+            for layers in (8, 32) for k in (2e-3, 2.1e-3, 7e-3)]
+    step_s, per_layer_s = _fit_decode(rows, split=True, graphs=True)
+    assert step_s == pytest.approx(300e-6) and per_layer_s == pytest.approx(-24e-6)
+    # without graphs the terms stay non-negative
+    step_s, per_layer_s = _fit_decode(rows, split=True, graphs=False)
+    assert step_s >= 0 and per_layer_s >= 0
