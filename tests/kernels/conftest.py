@@ -1,19 +1,23 @@
 """Kernel tests: Triton's interpreter on CPU-only machines, the real GPU otherwise.
 
-The interpreter must be switched on before any kernel is decorated, hence at import
-time here (twinfer.kernels.backend also rewraps kernels imported earlier).
+The kernels are decorated for the interpreter by tests/conftest.py; the fixture below
+switches it on for each kernel test.
 """
 
-import os
 import zlib
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _interpret_without_cuda(monkeypatch):
+    """Kernel tests run Triton's interpreter where there is no GPU (the kernels were
+    decorated for it by tests/conftest.py); other tests keep the torch references."""
+    if not HAS_CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):

@@ -53,6 +53,23 @@ class ControlPlane:
         # forget sends that completed; keep the bytes of the others alive
         self._sends = [(req, d) for req, d in self._sends if not req.Test()]
 
+    def wait_device(self) -> None:
+        """Driver: wait for the device's queued work while progressing the plan sends.
+
+        Seen on two H200s (Open MPI 4.1.6, no single-copy shared-memory transport): a
+        plan above the eager limit goes by rendezvous, so the follower's ``Recv``
+        completes only while the sender calls into MPI. A driver that blocked in a
+        CUDA sync (sampling's ``tolist``) waited on a TP all-reduce that needed the
+        follower, which waited in ``Recv`` on the driver: a deadlock. Polling the
+        device while testing the sends keeps both moving.
+        """
+        if self.device.type != "cuda":
+            return
+        done = torch.cuda.Event()
+        done.record()
+        while not done.query():
+            self._sends = [(req, d) for req, d in self._sends if not req.Test()]
+
     def recv_plan(self) -> object:
         """Follower: the next plan from the driver, in order (None: stop)."""
         status = MPI.Status()
@@ -95,6 +112,9 @@ class LocalControl:
     is_driver = True
 
     def send_plan(self, plan: object) -> None:
+        pass
+
+    def wait_device(self) -> None:
         pass
 
     def recv_plan(self) -> object:
