@@ -61,3 +61,9 @@ def test_layout_matches_single_process_reference(name, exec_run, check_reference
         assert [r["rank"] for r in served] == pool
         # the pool answered every layer of the steps with long sequences
         assert all(r["attend_calls"] > 0 and r["attend_calls"] % 4 == 0 for r in served)
+        for r in served:
+            # one step header per step (at most one per step of the run), then per layer
+            # exactly one tensor message from the base and one back
+            assert 0 < r["step_headers"] <= len(doc["steps"])
+            assert r["attend_calls"] == 4 * r["step_headers"]
+            assert r["layer_messages_in"] == r["layer_messages_out"] == r["attend_calls"]

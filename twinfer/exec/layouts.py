@@ -23,7 +23,7 @@ def stage_comm(opts: object, spec: ModelSpec, groups: Groups, tp: TPComm,
     if getattr(opts, "pool", None) is not None:
         from twinfer.exec.fa_pool_exec import FaPoolComm
 
-        return FaPoolComm(tp, spec, opts.pool, groups.rank), None
+        return FaPoolComm(tp, spec, opts.pool, groups.rank, control.device), None
     if isinstance(layout, KvShardedLayout) and groups.tp_size > 1:
         from twinfer.exec.kvshard_comm import CommContext
         from twinfer.exec.kvshard_layer import KvShardedComm

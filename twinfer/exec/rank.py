@@ -208,7 +208,9 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
                       info={"rank": rank, "pipeline": None, "idle": True})
     if groups is None:
         if pool is not None and rank in pool.pool:  # an FA Pool rank: serves the base
-            session.engine = PoolServer(pool, scenario.model, device)
+            session.engine = PoolServer(pool, scenario.model, device,
+                                        scenario.scheduler.kv_block_tokens,
+                                        scenario.scheduler.gpu_memory_utilization)
             session.info = session.engine.info
             if args.warmup and device.type == "cuda":  # mirrors the base's warm-up serve
                 session.engine.serve()
