@@ -244,7 +244,7 @@ def compare(
     from pathlib import Path
 
     from twinfer import compare as cmp
-    from twinfer.calibration.store import write_json_atomic
+    from twinfer.spec.io import write_json_atomic
 
     if table:
         print(cmp.validation_table(results, profile))

@@ -18,8 +18,8 @@ import numpy as np
 
 from twinfer.calibration.fit import CurveQuality, curve_quality, fit_alpha_beta
 from twinfer.calibration.plan import ELEMENTWISE, OPS, SweepPlan
-from twinfer.calibration.store import write_json_atomic
 from twinfer.spec import SpecError
+from twinfer.spec.io import write_json_atomic
 
 SCHEMA_VERSION = 1
 MIN_COPY_BYTES = 1 << 20

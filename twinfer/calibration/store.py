@@ -11,29 +11,12 @@ there and keeps their samples as they were; a different fingerprint starts afres
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from twinfer.spec.io import write_json_atomic
+
 PARTIAL_VERSION = 1
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to ``path`` so that readers see the old or the new file, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def partial_path(out: Path) -> Path:

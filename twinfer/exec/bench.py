@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from twinfer.exec.results import write_json_atomic
 from twinfer.spec import Request, Scenario, SchedulerSpec, model_preset, scenario_from_dict
+from twinfer.spec.io import write_json_atomic
 
 LAYOUTS = {"tp2": {"kind": "uniform", "tp": 2}, "pp2": {"kind": "uniform", "pp": 2}}
 

@@ -19,7 +19,6 @@ rank's median), the local partial attention alone as the floor, and the speedup 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -42,6 +41,7 @@ from twinfer.exec.kvshard_comm import (  # noqa: E402
 from twinfer.exec.kvshard_dist import DistEnv, init_from_mpi, versions  # noqa: E402
 from twinfer.kernels.decode import flash_decode, flash_decode_ref  # noqa: E402
 from twinfer.kernels.peer_combine import KvShard  # noqa: E402
+from twinfer.spec.io import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -221,12 +221,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     env = init_from_mpi(args.device)
@@ -237,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if env.rank == 0:
             print(format_table(report), flush=True)
             if args.out:
-                _write_atomic(args.out, report)
+                write_json_atomic(args.out, report)
         env.mpi_comm.Barrier()
         dist.destroy_process_group()
         return 0 if report["ok"] else 1

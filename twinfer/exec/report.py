@@ -9,7 +9,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from twinfer.exec.results import build_results, summary_lines, write_json_atomic
+from twinfer.exec.results import build_results, summary_lines
+from twinfer.spec.io import write_json_atomic
 
 
 def versions() -> dict:

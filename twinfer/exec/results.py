@@ -8,12 +8,8 @@ same directory, then ``os.replace``), so a reader never sees half a file.
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
@@ -125,22 +121,6 @@ def build_results(header: dict, reports: list, ranks: list[dict], kv: dict) -> d
         "kv_cache": kv_summary(steps, kv["page_size"], kv["num_blocks"], reports, ranks),
         "ranks": rank_totals(reports, ranks),
     }
-
-
-def write_json_atomic(path: str | Path, doc: dict) -> Path:
-    """Write ``doc`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def summary_lines(doc: dict) -> list[str]:

@@ -101,7 +101,7 @@ def run_bench(console: Console, only: str = "", json_out: str | None = None) -> 
     if json_out:
         from pathlib import Path
 
-        from twinfer.sim.profile import write_json_atomic
+        from twinfer.spec.io import write_json_atomic
 
         write_json_atomic(Path(json_out), rows)
     return rows

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from twinfer.spec.cluster import LinkKind
 from twinfer.spec.errors import SpecError, pydantic_to_spec_error
+from twinfer.spec.io import write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -285,17 +284,3 @@ def save_profile(profile: Profile, path: str | Path) -> Path:
     path = Path(path)
     write_json_atomic(path, profile.model_dump(mode="json"))
     return path
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Readers see the old file or the new one, whole; never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from twinfer import __version__
-from twinfer.sim.profile import write_json_atomic
+from twinfer.spec.io import write_json_atomic
 
 OUTPUT_SCHEMA_VERSION = 1
 

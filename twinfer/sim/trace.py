@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from twinfer.sim.engine import RunRecord
-from twinfer.sim.profile import write_json_atomic
 from twinfer.sim.twin import Twin
+from twinfer.spec.io import write_json_atomic
 
 US = 1e6
 
