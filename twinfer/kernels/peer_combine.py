@@ -138,8 +138,8 @@ def _wait_combine_kernel(
     BLOCK_D: tl.constexpr,
 ):
     # One program merges one row (one query head of one sequence) over every part
-    # (part = rank * splits + split), BLOCK_P parts at a time: it waits until the
-    # flags of the chunk's tiles say they have landed, then folds them in.
+    # (part = rank * splits + split): it waits until every part's flag says its tile
+    # has landed, then folds the parts in, BLOCK_P at a time.
     head = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     kv_head = head // GROUP
@@ -147,21 +147,23 @@ def _wait_combine_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
 
-    # Wait first: spin on every chunk's flags (one vector of acquire atomics per
-    # chunk, the lanes poll in parallel), so the merge loop below carries no spin.
-    for start_p in range(0, n_parts, BLOCK_P):
-        parts = start_p + offs_p
-        mask_p = parts < n_parts
-        flag_ptrs = flags_ptr + (parts * batch_size + batch) * kv_heads + kv_head
-        seen = tl.zeros((BLOCK_P,), tl.int32)
-        while tl.min(seen, 0) < epoch:
-            seen = tl.atomic_add(flag_ptrs, 0, mask=mask_p, sem="acquire", scope="sys")
-            seen = tl.where(mask_p, seen, epoch)
+    # Wait first: spin on each part's flag in turn, with a *scalar* acquire atomic at
+    # system scope, so the merge loop below carries no spin. (A `while` whose carried
+    # value is a vector of atomics - `while tl.min(seen, 0) < epoch: seen =
+    # tl.atomic_add(flag_ptrs, ...)` - crashes Triton 3.6's layout pass
+    # TritonGPURemoveLayoutConversions on sm_90; a scalar loop carry does not.)
+    flag_base = flags_ptr + batch * kv_heads + kv_head
+    for part in range(0, n_parts):
+        flag_ptr = flag_base + part * batch_size * kv_heads
+        seen = tl.atomic_add(flag_ptr, 0, sem="acquire", scope="sys")
+        while seen < epoch:
+            seen = tl.atomic_add(flag_ptr, 0, sem="acquire", scope="sys")
+    # A scalar atomic is issued by one thread; the barrier orders the other threads'
+    # reads of the parts after its acquires.
     tl.debug_barrier()
 
-    # The running max and sum are kept as [BLOCK_D] vectors (every lane the same value)
-    # rather than scalars: a scalar loop carry followed by a scalar store made
-    # Triton 3.6's layout pass (TritonGPURemoveLayoutConversions) fail on sm_90.
+    # The running max and sum are kept as [BLOCK_D] vectors (every lane the same value),
+    # so that everything after the wait shares the layout of the output row.
     m_i = tl.full((BLOCK_D,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_D,), tl.float32)
     acc = tl.zeros((BLOCK_D,), tl.float32)
