@@ -11,9 +11,10 @@ import pytest
 from twinfer.exec.__main__ import parse_args
 from twinfer.exec.engine import ServeReport
 from twinfer.exec.launch import ExecArgs, find_mpiexec, mpiexec_command, rank_env, repo_root
-from twinfer.exec.results import merge_steps, request_metrics, stats, write_json_atomic
+from twinfer.exec.results import merge_steps, request_metrics, stats
 from twinfer.exec.text import ByteTokenizer
 from twinfer.spec import SpecError
+from twinfer.spec.io import write_json_atomic
 
 
 def test_request_metrics_ttft_tpot_e2e():
