@@ -88,3 +88,12 @@ def test_requests_wait_for_their_arrival_time():
     sched.complete(plan, [1], 1.0)
     assert sched.next_arrival_s() == 5.0
     assert sched.next_plan(1.0).phase == "decode"
+
+
+def test_sequences_compare_by_identity():
+    """Membership tests in the scheduler's per-step loops stay O(1) per comparison: two
+    sequences with equal fields are still two sequences."""
+    a = Sequence(rid=0, arrival_s=0.0, prompt=[1, 2, 3], max_new=4)
+    b = Sequence(rid=0, arrival_s=0.0, prompt=[1, 2, 3], max_new=4)
+    assert a != b
+    assert a in [a] and b not in [a]

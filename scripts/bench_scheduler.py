@@ -1,0 +1,31 @@
+"""Host time of the executor's scheduler per decode step against batch size.
+
+CPU only, no model: every sequence has a 512-token prompt, is prefilled once, then
+200 decode steps are planned and completed; the median per step is printed.
+`python scripts/bench_scheduler.py`. Recorded in docs/BENCHMARKS.md.
+"""
+
+import time
+
+from twinfer.exec.kv_cache import BlockAllocator
+from twinfer.exec.scheduler import BatchingConfig, Scheduler, Sequence
+
+STEPS = 200
+
+for batch in (1, 4, 16, 64, 256):
+    seqs = [Sequence(rid=i, arrival_s=0.0, prompt=list(range(512)), max_new=10_000)
+            for i in range(batch)]
+    cfg = BatchingConfig(max_running=512, max_prefill_tokens=1 << 20, page_size=16,
+                         micro_batches=1, max_blocks=2048)
+    sched = Scheduler(seqs, cfg, BlockAllocator(200_000))
+    plan = sched.next_plan(0.0)  # one prefill step for every sequence
+    sched.complete(plan, [1] * batch, 0.0)
+    times = []
+    for _ in range(STEPS):
+        t0 = time.perf_counter()
+        plan = sched.next_plan(0.0)
+        sched.complete(plan, [1] * batch, 0.0)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    print(f"batch {batch:4d}: median {times[STEPS // 2] * 1e6:8.1f} us per decode step "
+          "(plan + complete)")
