@@ -224,8 +224,14 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
     engine = Engine.build(scenario.model, groups, scenario.scheduler, opts, control)
     phase(rank, f"engine built: {engine.num_blocks} KV pages")
     if args.warmup and device.type == "cuda":  # compile kernels outside the timings
-        phase(rank, "warm-up serve")
-        engine.serve([Sequence(-1, 0.0, [1] * 16, 4)], ServeOptions(wall_clock_arrivals=False))
+        # One prompt as long as the workload's longest (up to a prefill step's budget),
+        # so that the first measured prefill does not pay the first use of its shapes
+        # (kernel specializations, library heuristics, allocator growth).
+        warm = max(16, min(max(r.prompt_tokens for r in config.requests),
+                           scenario.scheduler.max_prefill_tokens,
+                           scenario.model.max_position - 4))
+        phase(rank, f"warm-up serve ({warm} prompt tokens)")
+        engine.serve([Sequence(-1, 0.0, [1] * warm, 4)], ServeOptions(wall_clock_arrivals=False))
     session.engine = engine
     session.info = {
         "rank": rank, "pipeline": groups.pipeline_index, "stage": groups.stage_index,
