@@ -20,7 +20,8 @@ from twinfer.spec import SpecError, model_preset, preset_names, shipped_scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="twinfer: calibrate, simulate and execute distributed LLM inference.")
-console = Console()
+# Piped output (logs, CI) gets a width that fits the GPU tables; a terminal keeps its own.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 
