@@ -62,6 +62,32 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def online_softmax_step(qk, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
+    """Fold one tile into the running state: qk [M, N] masked scores (base 2, -inf where
+    invalid), v [N, D]; m_i, l_i [M] running max and sum, acc [M, D] running output.
+    The state is rescaled to the new row maximum; a row with no valid key yet keeps
+    m = -inf, and shifting by 0 then gives p = 0 instead of NaN."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(qk - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def normalized_partial(m_i, l_i, acc):
+    """The normalized partial output [M, D] and its natural-log LSE [M]; a row that saw
+    no key gives 0 and -inf."""
+    nonempty = l_i > 0.0
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
+    return out, lse
+
+
+@triton.jit
 def _split_kv_decode_kernel(
     q_ptr, k_ptr, v_ptr, seq_lens_ptr, block_table_ptr, out_ptr, lse_ptr,
     o_part_ptr, lse_part_ptr, arrivals_ptr,
@@ -145,21 +171,10 @@ def _split_kv_decode_kernel(
             valid = mask_n[None, :]
         qk = tl.where(valid, qk, float("-inf"))
 
-        # Rescale the running state to the new row maximum. A row with no valid key
-        # yet keeps m = -inf; shifting by 0 then gives p = 0 instead of NaN.
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(qk - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, DOT_PRECISION)
 
     # Normalized partial output and its natural-log LSE; an empty chunk gives 0, -inf.
-    nonempty = l_i > 0.0
-    l_safe = tl.where(nonempty, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
+    out, lse = normalized_partial(m_i, l_i, acc)
     mask_md = mask_m[:, None] & mask_d[None, :]
     if num_splits == 1:  # the whole context was ours: this is the answer
         tl.store(out_ptr + row_m[:, None] * HEAD_DIM + offs_d[None, :],

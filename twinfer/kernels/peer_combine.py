@@ -42,10 +42,9 @@ import triton
 import triton.language as tl
 
 from twinfer.kernels.backend import interpreting, launchable, sm_count
-from twinfer.kernels.decode import choose_num_splits
+from twinfer.kernels.decode import choose_num_splits, normalized_partial, online_softmax_step
 
 LOG2E = 1.4426950408889634
-LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -98,19 +97,9 @@ def _attend_push_kernel(
             v = v.to(tl.float32)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [M, N]
         qk = tl.where(mask_n[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        # A row with no key yet keeps m = -inf; shifting by 0 gives p = 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(qk - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, DOT_PRECISION)
 
-    nonempty = l_i > 0.0
-    l_safe = tl.where(nonempty, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
+    out, lse = normalized_partial(m_i, l_i, acc)
 
     # Element offsets of this tile inside the receive buffers (same on every rank).
     tile_row = (split * batch_size + batch) * q_heads
