@@ -194,8 +194,12 @@ class Engine:
             start = env.now
             if self.log is not None:
                 self.log.append((start, "stage_start", i, s, k))
-            yield env.timeout(time_s)
+            yield from self._occupy(i, s, k, batch, time_s)
         self._account(i, s, k, batch, start, time_s, comm_s)
+
+    def _occupy(self, i: int, s: int, k: int, batch: StepBatch, time_s: float):
+        """The step's work while its stage is held (a layout may add shared resources)."""
+        yield self.env.timeout(time_s)
 
     def _send(self, i: int, s: int, k: int, send_s: float):
         env = self.env

@@ -130,29 +130,23 @@ class PoolEngine(Engine):
     def _contended(self, pipe) -> bool:
         return True  # every step may contend for the pool
 
-    def _run_stage(self, i: int, s: int, k: int, batch: StepBatch, time_s: float,
-                   comm_s: float):
+    def _occupy(self, i: int, s: int, k: int, batch: StepBatch, time_s: float):
+        """A pooled step: the base's share of the step, then the pool's attention on
+        ``gpus`` pool GPUs taken from the shared pool (waiting while others hold them)."""
         stage = self.pipelines[i].stages[s]
         gpus, pool_s = stage.pool_demand(batch) if isinstance(stage, FaPoolStageCost) else (0, 0)
         if not gpus:
-            yield from super()._run_stage(i, s, k, batch, time_s, comm_s)
+            yield self.env.timeout(time_s)
             return
         env = self.env
-        with self._stage_res[i][s].request() as req:
-            yield req
-            start = env.now
-            if self.log is not None:
-                self.log.append((start, "stage_start", i, s, k))
-            yield env.timeout(time_s - pool_s)
-            yield self.pool.get(gpus)
-            self.pool_peak_gpus = max(self.pool_peak_gpus, self.pool.capacity - self.pool.level)
-            if self.log is not None:
-                self.log.append((env.now, "pool_start", i, s, k, gpus))
-            yield env.timeout(pool_s)
-            yield self.pool.put(gpus)
+        yield env.timeout(time_s - pool_s)
+        yield self.pool.get(gpus)
+        self.pool_peak_gpus = max(self.pool_peak_gpus, self.pool.capacity - self.pool.level)
+        if self.log is not None:
+            self.log.append((env.now, "pool_start", i, s, k, gpus))
+        yield env.timeout(pool_s)
+        yield self.pool.put(gpus)
         self.pool_gpu_s += pool_s * gpus
-        self._account(i, s, k, batch, start, time_s, comm_s)
-
 
 def engine_for(twin: Twin) -> type[Engine]:
     """The engine class a twin runs on."""
