@@ -17,6 +17,7 @@ from twinfer.calibration.calibrate import CalibrateOptions, calibrate
 from twinfer.calibration.profile_build import read_profile_dict
 from twinfer.calibration.store import PartialStore, partial_path
 from twinfer.cli import main
+from twinfer.exec.launch import repo_pythonpath
 from twinfer.sim.profile import load_profile, profile_from_dict
 from twinfer.spec import SpecError
 
@@ -119,7 +120,7 @@ def test_a_killed_process_leaves_a_resumable_partial_file(tmp_path):
     out = tmp_path / "k.json"
     cmd = [sys.executable, "-m", "twinfer.cli", "calibrate", "--device", "cpu", "--quick",
            "--ops", "gemm,decode_attention", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     part = partial_path(out)
     deadline = time.monotonic() + 60
@@ -176,5 +177,5 @@ def test_the_calibration_package_imports_nothing_heavy():
             "heavy = {'torch', 'triton', 'mpi4py', 'matplotlib', 'streamlit'} & set(sys.modules); "
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": repo_pythonpath()})
     assert proc.returncode == 0, proc.stderr

@@ -21,6 +21,7 @@ import pytest
 from twinfer.calibration.calibrate import CalibrateOptions, calibrate
 from twinfer.calibration.overheads import fit_overheads_into
 from twinfer.compare import METRICS, compare_file, validation_table
+from twinfer.exec.launch import repo_pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 TPOT_RATIO = (1 / 3, 3.0)  # predicted / measured
@@ -44,7 +45,7 @@ def _scenario(path: Path, requests: int, prompt: int, output: int) -> Path:
 
 
 def _exec(scenario: Path, out: Path) -> Path:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "twinfer.exec", str(scenario), "--device",
                            "cpu", "--arrivals", "batch", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=300)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from twinfer.exec.launch import find_mpiexec
+from twinfer.exec.launch import find_mpiexec, repo_pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 MPIEXEC = find_mpiexec()
@@ -52,7 +52,9 @@ def torch_kernels(monkeypatch):
 
 
 def rank_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(extra or {})}
+    # Keeps what the caller had on PYTHONPATH (the device machine's wheels live there).
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath(), "OMP_NUM_THREADS": "1",
+           **(extra or {})}
     env.pop("TRITON_INTERPRET", None)
     return env
 

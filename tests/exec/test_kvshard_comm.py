@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from twinfer.exec.kvshard_comm import make_attention
+from twinfer.exec.launch import repo_pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpirun")
@@ -26,7 +27,7 @@ def _bench(tmp_path: Path, *args: str, np_: int = 2, timeout: float = 120) -> di
     out = tmp_path / "results.json"
     cmd = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", str(np_), sys.executable,
            "-m", "twinfer.exec.kvshard_bench", "--out", str(out), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath(), "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -33,7 +33,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from twinfer.exec.launch import repo_pythonpath
+
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
 RUN_ESTIMATE_S = 90.0  # assumed length of an executor run until one has been timed
 
@@ -103,8 +104,7 @@ def kv_fits(doc: dict, profile_path: Path) -> str:
 
 def run_exec(scenario: Path, out: Path, device: str, timeout_s: float) -> tuple[int, str]:
     """``python -m twinfer.exec`` (which starts mpiexec); returns (exit code, output tail)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
     if device == "cpu":
         env["OMP_NUM_THREADS"] = "1"  # as calibrated: one thread per rank
     argv = [sys.executable, "-m", "twinfer.exec", str(scenario), "--device", device,

@@ -130,11 +130,17 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def repo_pythonpath(env: dict[str, str] | None = None) -> str:
+    """PYTHONPATH with this checkout first, keeping what was there (wheels put aside)."""
+    have = (os.environ if env is None else env).get("PYTHONPATH", "")
+    paths = [str(repo_root())] + [p for p in have.split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(paths))
+
+
 def rank_env(np: int, device: str) -> dict[str, str]:
     """The ranks' environment: PYTHONPATH with this checkout, CPU threads shared out."""
     env = dict(os.environ)
-    paths = [str(repo_root())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONPATH"] = repo_pythonpath(env)
     env.update(_root_env())
     if env.get("TWINFER_DEBUG", "0") not in ("", "0"):  # diagnostics: NCCL warnings too
         env.setdefault("NCCL_DEBUG", "WARN")
