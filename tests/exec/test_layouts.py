@@ -80,3 +80,21 @@ def test_interactive_prompt_streams_its_tokens(exec_run):
     assert proc.stdout.startswith(text + "\n")
     doc = run.results()
     assert doc["summary"]["requests"] == 1 and doc["requests"][0]["prompt_tokens"] == 6
+
+
+@pytest.mark.parametrize("layout", [{"kind": "uniform", "tp": 2}, {"kind": "uniform", "pp": 2}])
+def test_plans_over_rendezvous_do_not_deadlock(layout, exec_run, check_reference):
+    """Plans far over the eager limit, sent over Open MPI's TCP transport: a follower's
+    ``Recv`` completes only while the driver progresses MPI, which it does from its send
+    thread while it waits in an all-reduce (this hung before the thread existed)."""
+    sc = scenario("rendezvous", layout, 2, 2, 6)
+    sc["workload"] = {"requests": 24, "prompt_tokens": {"dist": "uniform", "min": 150,
+                                                        "max": 300},
+                      "output_tokens": 3, "seed": 6}
+    sc["scheduler"] = {"kv_block_tokens": 16}
+    run = exec_run(sc)
+    proc = run.run(env={"OMPI_MCA_btl": "self,tcp"}, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    check_reference(sc, run.logits())
+    prefill = [s for s in run.results()["steps"] if s["phase"] == "prefill"]
+    assert max(s["tokens"] for s in prefill) > 1000  # a plan of tens of kilobytes

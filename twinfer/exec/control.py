@@ -9,11 +9,20 @@ Receivers poll (``Iprobe``) rather than block in ``Recv``: on a GPU they spin (a
 latency is on the critical path of every decode step); on CPU they sleep between polls
 so that oversubscribed ranks (tests run 4 ranks on 2 cores) leave the cores to the
 ranks that compute.
+
+A plan larger than the transport's eager limit goes by rendezvous: the receiver's
+``Recv`` completes only while the *sender* calls into MPI. The driver spends its time
+in CUDA syncs and collectives, not in MPI, so a thread of the driver's (`_SendProgress`)
+completes the posted sends. Without it a TP group deadlocks: the driver waits in an
+all-reduce for a follower that waits in ``Recv`` for the driver's plan. Seen on two
+H200s (Open MPI 4.1.6, no single-copy shared-memory transport) and reproduced on CPU
+over Open MPI's TCP transport (tests/exec/test_faults.py).
 """
 
 from __future__ import annotations
 
 import pickle
+import threading
 import time
 
 import torch
@@ -29,6 +38,50 @@ PLAN_TAG = 7
 CPU_POLL_S = 2e-4
 
 
+class _SendProgress(threading.Thread):
+    """Completes the driver's posted plan sends in the background (see module doc).
+
+    The thread owns the requests once posted. On a GPU it blocks in ``Waitall``
+    (mpi4py releases the GIL there); on CPU it tests and sleeps between tests, so that
+    oversubscribed ranks keep the cores. Needs MPI_THREAD_MULTIPLE (mpi4py's default).
+    """
+
+    def __init__(self, poll_s: float) -> None:
+        super().__init__(name="twinfer-plan-sends", daemon=True)
+        self.poll_s = poll_s
+        self._cv = threading.Condition()
+        self._pending: list[tuple[object, bytes]] = []  # (MPI request, the bytes it sends)
+        self._busy = False
+        self.start()
+
+    def post(self, req: object, data: bytes) -> None:
+        with self._cv:
+            self._pending.append((req, data))
+            self._cv.notify_all()
+
+    def run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending:
+                    self._cv.wait()
+                batch, self._pending, self._busy = self._pending, [], True
+            reqs = [req for req, _ in batch]
+            if self.poll_s:
+                while not MPI.Request.Testall(reqs):
+                    time.sleep(self.poll_s)
+            else:
+                MPI.Request.Waitall(reqs)
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every posted send has completed."""
+        with self._cv:
+            while self._pending or self._busy:
+                self._cv.wait()
+
+
 class ControlPlane:
     """MPI messaging of one active rank. ``active`` spans every rank of the placement."""
 
@@ -39,7 +92,13 @@ class ControlPlane:
         self.driver = groups.driver
         self.followers = [r for r in groups.pipeline.gpus if r != groups.driver]
         self.poll_s = 0.0 if device.type == "cuda" else CPU_POLL_S
-        self._sends: list[tuple[object, bytes]] = []  # (MPI request, pickled plan)
+        self._progress: _SendProgress | None = None
+        if self.is_driver and self.followers:
+            if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+                raise RuntimeError(
+                    "the executor needs MPI_THREAD_MULTIPLE (the driver completes its plan "
+                    "sends in a thread): use an MPI built with thread support")
+            self._progress = _SendProgress(self.poll_s)
 
     @property
     def is_driver(self) -> bool:
@@ -47,28 +106,11 @@ class ControlPlane:
 
     def send_plan(self, plan: object) -> None:
         """Driver: post ``plan`` (None: stop) to every other rank of the pipeline."""
+        if self._progress is None:
+            return
         data = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
         for r in self.followers:
-            self._sends.append((self.world.Isend([data, MPI.BYTE], dest=r, tag=PLAN_TAG), data))
-        # forget sends that completed; keep the bytes of the others alive
-        self._sends = [(req, d) for req, d in self._sends if not req.Test()]
-
-    def wait_device(self) -> None:
-        """Driver: wait for the device's queued work while progressing the plan sends.
-
-        Seen on two H200s (Open MPI 4.1.6, no single-copy shared-memory transport): a
-        plan above the eager limit goes by rendezvous, so the follower's ``Recv``
-        completes only while the sender calls into MPI. A driver that blocked in a
-        CUDA sync (sampling's ``tolist``) waited on a TP all-reduce that needed the
-        follower, which waited in ``Recv`` on the driver: a deadlock. Polling the
-        device while testing the sends keeps both moving.
-        """
-        if self.device.type != "cuda":
-            return
-        done = torch.cuda.Event()
-        done.record()
-        while not done.query():
-            self._sends = [(req, d) for req, d in self._sends if not req.Test()]
+            self._progress.post(self.world.Isend([data, MPI.BYTE], dest=r, tag=PLAN_TAG), data)
 
     def recv_plan(self) -> object:
         """Follower: the next plan from the driver, in order (None: stop)."""
@@ -81,8 +123,9 @@ class ControlPlane:
         return pickle.loads(buf)
 
     def flush(self) -> None:
-        MPI.Request.Waitall([req for req, _ in self._sends])
-        self._sends = []
+        """Driver: wait until the followers hold every plan sent."""
+        if self._progress is not None:
+            self._progress.flush()
 
     def barrier(self) -> None:
         poll_barrier(self.active, self.poll_s)
@@ -112,9 +155,6 @@ class LocalControl:
     is_driver = True
 
     def send_plan(self, plan: object) -> None:
-        pass
-
-    def wait_device(self) -> None:
         pass
 
     def recv_plan(self) -> object:

@@ -295,7 +295,6 @@ class Engine:
                 continue
             plan, start, (kv_tokens, kv_pages) = inflight.popleft()
             logits = self.runner.step(plan)
-            self.control.wait_device()  # progresses plan sends (see ControlPlane.wait_device)
             tokens = sample(logits, opts.temperature, gen)  # syncs: tokens to the host
             end = time.perf_counter() - t0
             if opts.keep_logits:
