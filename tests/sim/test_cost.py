@@ -46,6 +46,29 @@ def test_gemm_interpolates_measured_shape_and_scales_beyond():
         "memory-bound sample)" in lines
 
 
+def test_sustained_fraction_slows_compute_bound_work_only():
+    """A GPU that keeps 80% of its burst matmul rate: a GEMM at the peak rate takes
+    1/0.8 as long, one at 1% of it barely changes; prefill attention likewise."""
+    m_big, n, k = 10_000, 1000, 1000
+    at_peak = 2.0 * m_big * n * k / 100e12  # runs at exactly the 100 TFLOP/s peak
+    samples = [{"m": 1, "n": n, "k": k, "time_s": 2e-4},  # 1e-4 of the peak
+               {"m": m_big, "n": n, "k": k, "time_s": at_peak}]
+    prefill = [{"tokens": t, "q_heads": 8, "kv_heads": 8, "head_dim": 128, "time_s": 2e-3}
+               for t in (1024, 8192)]
+    ops = {"gemm": {"dtype": "bf16", "samples": samples},
+           "prefill_attention": {"samples": prefill}}
+    burst = CostModel(make_profile(ops=ops), "bf16")
+    peaks = {"copy_bytes_per_s": 1e12, "matmul_flops_per_s": {"bf16": 100e12},
+             "sustained_matmul_fraction": 0.8}
+    held = CostModel(make_profile(ops=ops, peaks=peaks), "bf16")
+    assert held.gemm_s(m_big, n, k) == approx(at_peak / 0.8)
+    assert held.gemm_s(1, n, k) == approx(2e-4 * (1 + 0.25 * 1e-4))
+    flops = 2.0 * 8192**2 * 8 * 128  # 1.1e11 in 2 ms: 55% of the peak
+    busy = flops / 2e-3 / 100e12
+    assert held.prefill_attention_s(8192, 8, 8, 128) == approx(2e-3 * (1 + 0.25 * busy))
+    assert burst.prefill_attention_s(8192, 8, 8, 128) == approx(2e-3)
+
+
 def roofline_shape(m, n, k, bw):
     return max(2 * m * n * k / 100e12, (m * k + k * n + m * n) * 2 / bw)
 

@@ -68,6 +68,7 @@ def compute_groups(plan: SweepPlan, ops: tuple[str, ...]) -> Iterator[tuple[str,
     from twinfer.calibration import sweep_compute as sc
 
     yield "peaks", lambda b: {"kind": "peaks", "samples": sc.peaks_group(b)}
+    yield "sustained", lambda b: {"kind": "sustained", "samples": sc.sustained_group(b)}
     if "elementwise" in ops:
         for op in ELEMENTWISE:
             yield f"elementwise/{op}", lambda b, op=op: {

@@ -99,8 +99,23 @@ def _peaks(samples: dict[str, list[dict]], dtype: str) -> dict:
     copy = copy or [s["bytes"] / s["time_s"] for s in elementwise]
     gemms = samples.get("gemm", []) + [s for s in peak_runs if "m" in s]
     flops = [2.0 * s["m"] * s["n"] * s["k"] / s["time_s"] for s in gemms]
-    return {"copy_bytes_per_s": max(copy, default=0.0),
-            "matmul_flops_per_s": {dtype: max(flops, default=0.0)}}
+    out = {"copy_bytes_per_s": max(copy, default=0.0),
+           "matmul_flops_per_s": {dtype: max(flops, default=0.0)}}
+    burst = [2.0 * s["m"] * s["n"] * s["k"] / s["time_s"] for s in peak_runs if "m" in s]
+    windows = samples.get("sustained", [])
+    if burst and windows:
+        out["sustained_matmul_fraction"] = sustained_fraction(windows, max(burst))
+        out["sustained_samples"] = windows
+    return out
+
+
+def sustained_fraction(windows: list[dict], burst_flops_per_s: float) -> float:
+    """The rate a GPU keeps once settled (median over the run's second half) over the
+    burst rate of the same GEMM, at most 1."""
+    end = windows[-1]["t_s"]
+    settled = [w["flops_per_s"] for w in windows if w["t_s"] >= end / 2] or \
+        [w["flops_per_s"] for w in windows]
+    return round(min(1.0, float(np.median(settled)) / burst_flops_per_s), 4)
 
 
 def build_profile(groups: dict[str, dict], info: dict, plan: SweepPlan, name: str,
@@ -135,8 +150,9 @@ def build_profile(groups: dict[str, dict], info: dict, plan: SweepPlan, name: st
 
 def carry_over(profile: dict, previous: dict) -> None:
     """Keep what this run could not measure from the profile it replaces: collectives
-    of link kinds or group sizes absent now (one GPU measures none) and the overheads
-    fitted from an executor timeline. Each carried item is named in ``notes``."""
+    of link kinds or group sizes absent now (one GPU measures none), op kinds that
+    ``--ops`` left out, and the overheads fitted from an executor timeline. Each
+    carried item is named in ``notes``."""
     carried = []
     for link, ops in previous.get("collectives", {}).items():
         for op, by_ranks in ops.items():
@@ -150,6 +166,16 @@ def carry_over(profile: dict, previous: dict) -> None:
     if carried:
         profile["notes"].append(f"collectives carried over from the previous {previous['name']} "
                                 f"profile ({previous['source']}): {', '.join(carried)}")
+    kept = [kind for kind in previous.get("ops", {}) if kind not in profile["ops"]]
+    for kind in kept:  # --ops left them out: the previous run's samples stand
+        profile["ops"][kind] = previous["ops"][kind]
+    if "gemm" in kept:
+        for dtype, flops in previous.get("peaks", {}).get("matmul_flops_per_s", {}).items():
+            mine = profile["peaks"]["matmul_flops_per_s"]
+            mine[dtype] = max(flops, mine.get(dtype, 0.0))
+    if kept:
+        profile["notes"].append(f"op samples carried over from the previous profile (this run "
+                                f"did not measure them): {', '.join(kept)}")
     over = previous.get("overheads", {})
     if over.get("step_s") or over.get("per_layer_s"):
         profile["overheads"] = dict(over)

@@ -209,3 +209,45 @@ def peaks_group(bench: Bench) -> list[dict]:
     gemm_s = bench.time([(bench.randn(side, side), bench.randn(side, side))], F.linear)
     return [{"op": "copy", "bytes": int(nbytes), "time_s": copy_s},
             {"m": side, "n": side, "k": side, "time_s": gemm_s}]
+
+
+SUSTAINED_S = 3.0  # how long the sustained GEMM runs
+SUSTAINED_WINDOW_S = 0.05  # one timed window
+
+
+def sustained_group(bench: Bench, seconds: float = SUSTAINED_S) -> list[dict]:
+    """The peaks' square GEMM run back to back for ``seconds``: FLOP/s per window.
+
+    The sweeps time each point in short bursts (at most ``max_reps`` runs); an executor
+    prefill keeps the tensor cores busy for seconds, and a GPU held at its power limit
+    lowers its clocks. The windows' rates against the burst rate of the same GEMM give
+    the profile's ``sustained_matmul_fraction``. GPU only (CPU: no samples).
+    """
+    if bench.device.type != "cuda":
+        return []
+    side = 8192
+    a, b = bench.randn(side, side), bench.randn(side, side)
+    with torch.inference_mode():
+        F.linear(a, b)  # warm (the peaks group ran it already)
+        probe = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        probe[0].record()
+        for _ in range(5):
+            F.linear(a, b)
+        probe[1].record()
+        torch.cuda.synchronize()
+        one_s = probe[0].elapsed_time(probe[1]) * 1e-3 / 5
+        per_window = max(1, round(SUSTAINED_WINDOW_S / one_s))
+        windows = max(4, round(seconds / (per_window * one_s)))
+        marks = [torch.cuda.Event(enable_timing=True) for _ in range(windows + 1)]
+        marks[0].record()
+        for w in range(windows):
+            for _ in range(per_window):
+                F.linear(a, b)
+            marks[w + 1].record()
+        torch.cuda.synchronize()
+    flops, t, out = 2.0 * side**3 * per_window, 0.0, []
+    for start, end in zip(marks, marks[1:], strict=False):
+        dt = start.elapsed_time(end) * 1e-3
+        t += dt
+        out.append({"t_s": round(t, 4), "flops_per_s": flops / dt})
+    return out

@@ -83,6 +83,7 @@ class CostModel:
                             f"has no {dtype} peak (has: {have})",
                             f"add a {dtype} entry or use a model of another dtype")
         self.flops_per_s = flops
+        self.sustained = profile.peaks.sustained_matmul_fraction
         self.copy_bytes_per_s = profile.peaks.copy_bytes_per_s
         self._build_compute()
         self._cache: dict[tuple, float] = {}
@@ -182,8 +183,19 @@ class CostModel:
                 self.provenance.note(("gemm", "inside", (n, k)),
                                      f"{self.name} gemm n={n} k={k}: interpolated over "
                                      f"{len(series)} measured m{_spikes(series)}")
+        t = self._settled(t, 2.0 * m * n * k)
         self._cache[key] = t
         return t
+
+    def _settled(self, t: float, flops: float) -> float:
+        """``t`` measured in a burst, as it runs with the tensor cores busy for seconds:
+        slowed by the profile's sustained matmul fraction in proportion to how
+        compute-bound the op is (its FLOP/s over the peak; a memory-bound op keeps its
+        time, since the clocks that drop are the SMs', not the memory's)."""
+        if self.sustained >= 1.0 or t <= 0:
+            return t
+        busy = min(1.0, flops / t / self.flops_per_s)
+        return t * (1.0 + (1.0 / self.sustained - 1.0) * busy)
 
     def _gemm_roofline(self, m: float, n: int, k: int) -> float:
         nbytes = (m * k + k * n + m * n) * self.dtype_bytes
@@ -247,7 +259,7 @@ class CostModel:
             self.provenance.note(("prefill_attention", "inside", shape),
                                  f"{self.name} prefill_attention {_heads(shape)}: interpolated "
                                  f"over {len(series)} measured prompt lengths{_spikes(series)}")
-        return t
+        return self._settled(t, 2.0 * tokens * tokens * q_heads * head_dim)
 
     def _prefill_roofline(self, tokens: float, shape: tuple[int, int, int]) -> float:
         q, kv, d = shape

@@ -53,11 +53,25 @@ class DeviceInfo(_Strict):
     host: str = ""
 
 
+class SustainedSample(_Strict):
+    """One window of a GEMM run back to back: when it ended and the FLOP/s it achieved."""
+
+    t_s: float = Field(gt=0)
+    flops_per_s: float = Field(gt=0)
+
+
 class Peaks(_Strict):
-    """Best throughputs seen: memory traffic (read + write counted) and matmul per dtype."""
+    """Best throughputs seen: memory traffic (read + write counted) and matmul per dtype.
+
+    ``sustained_matmul_fraction``: the share of the burst matmul rate a GPU keeps when
+    its tensor cores stay busy for seconds (power and clock limits); the cost model
+    slows compute-bound GEMMs and prefill attention by it (docs/PROFILE.md).
+    """
 
     copy_bytes_per_s: float = Field(gt=0)
     matmul_flops_per_s: dict[str, float] = Field(default_factory=dict)
+    sustained_matmul_fraction: float = Field(1.0, gt=0, le=1)
+    sustained_samples: list[SustainedSample] = Field(default_factory=list)
 
     @field_validator("matmul_flops_per_s")
     @classmethod
