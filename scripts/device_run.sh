@@ -1,63 +1,115 @@
 #!/usr/bin/env bash
-# One device-machine session of measurements, as run by the `device` tool from a
-# checkout (PYTHONPATH=., wheels for pydantic/simpy carried in .whl/).
+# One device-machine session of measurements, run by the `device` tool from a checkout
+# (wheels for pydantic/simpy carried in .whl/). Every step is under `timeout`, writes
+# its log into $OUT as it goes, and the GPU's clocks, power and temperature are logged
+# every 200 ms throughout (clocks.csv).
 #
-#   scripts/device_run.sh single   # one GPU: GPU tests, kernel bench, calibration +
-#                                  # validation matrix, executor vs transformers
-#   scripts/device_run.sh dual     # two GPUs: the same plus collectives, TP=2/PP=2,
-#                                  # kv_sharded compare, FA Pool base 1 + pool 1
+#   scripts/device_run.sh single   # one GPU: GPU tests (kernels, executor), the
+#       # sustained-GEMM refresh of the shipped profile (calibrate --ops elementwise
+#       # keeps the other sweeps), the TP=1 validation campaign (overheads + matrix),
+#       # the executor against transformers (bench --part ours, hf)
+#   scripts/device_run.sh dual     # two GPUs: two-GPU tests, TP=2 and PP=2 against
+#       # TP=1 at batch 1 (bench --part multi), kv_sharded correctness + compare, the
+#       # FA Pool and kv_sharded scenarios
+#   scripts/device_run.sh matrix   # two GPUs: the TP=2 / PP=2 validation campaign
+#       # against the shipped profile (its overheads fitted by a `single` session)
 #
-# Everything lands in $OUT (logs, JSONs, one tarball of the campaign folder).
+# $OUT gets at most 8 files: env.log, clocks.csv, tests.log, run.log, campaign.tgz or
+# results.tgz, bench-exec.json.
 set -uo pipefail
 mode=${1:-single}
-budget_s=${2:-420}
+budget_s=${2:-540}
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+mkdir -p "$OUT" /tmp/res
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-log() { echo "== $(date +%T) $*"; }
+export TWINFER_TRACEBACK=1
 start=$(date +%s)
 left() { echo $(( budget_s - ($(date +%s) - start) )); }
+log() { echo "== $(date +%T) (+$(( $(date +%s) - start )) s, $(left) s left) $*"; }
+{
+  nvidia-smi --query-gpu=index,name,memory.used,memory.total,driver_version,power.limit \
+    --format=csv
+  nvidia-smi topo -m 2>&1 | head -6
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
+  mpirun --version 2>&1 | head -1
+} > "$OUT/env.log" 2>&1
+nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu \
+  --format=csv,noheader -lms 200 > "$OUT/clocks.csv" 2>/dev/null &
+smi=$!
+trap 'kill $smi 2>/dev/null' EXIT
+mp="mpirun --allow-run-as-root -np 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST -x TWINFER_TRACEBACK"
+camp=/tmp/campaign
+mkdir -p $camp/profiles
 
-log "device"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
-
-if [ "${SKIP_TESTS:-0}" = 0 ]; then
-log "gpu tests"
-timeout 150 python3 -m pytest -q -m "gpu or multigpu" ${TEST_PATHS:-tests/kernels tests/exec} -p no:cacheprovider \
-  2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
-fi
-
-log "calibration + validation campaign (budget $(left) s)"
-layouts=tp1; [ "$mode" = dual ] && layouts=tp1,tp2,pp2
-camp_s=${CAMPAIGN_S:-$(( $(left) - 90 ))}
-timeout $(( camp_s + 60 )) python3 -m twinfer.calibration.campaign --out /tmp/campaign \
-  --layouts "$layouts" --time-budget-s $camp_s ${CAMPAIGN_ARGS:-} 2>&1 | tail -40
-tar czf "$OUT/campaign.tgz" -C /tmp campaign 2>/dev/null
-if [ "$mode" = dual ]; then
-  mp="mpirun --allow-run-as-root -np 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST"
-  log "kv_sharded correctness + compare"
-  timeout 60 $mp python3 -m twinfer.exec.kvshard_bench --case correctness 2>&1 | tail -12
-  timeout 120 $mp python3 -m twinfer.exec.kvshard_bench --case compare --iters 30 \
-    --out "$OUT/kvshard_compare.json" 2>&1 | tail -25
-  log "FA Pool base 1 + pool 1"
-  timeout 100 $mp python3 -m twinfer.exec scenarios/fa_pool_h200_base1_pool1.yaml --arrivals batch \
-    --out "$OUT/fa_pool_base1_pool1.json" 2>&1 | tail -8
-  log "kv_sharded layout"
-  timeout 100 $mp python3 -m twinfer.exec scenarios/kv_sharded_decode.yaml --arrivals batch \
-    --out "$OUT/kv_sharded_decode.json" 2>&1 | tail -8
-fi
-if [ "${EXEC_BENCH:-1}" = 1 ] && [ "$(left)" -gt 60 ]; then
-  log "executor vs transformers (budget $(left) s)"
-  parts="ours hf"; [ "$mode" = dual ] && parts="multi"
-  for part in $parts; do
-    timeout $(( $(left) > 30 ? $(left) : 30 )) python3 -m twinfer.exec.bench --part $part \
-      --out "$OUT/bench-exec.json" 2>&1 | tail -20
-  done
-fi
-log "done in $(( $(date +%s) - start )) s"
+case "$mode" in
+single)
+  log "gpu tests" | tee -a "$OUT/run.log"
+  timeout -k 5 200 python3 -m pytest -q -m gpu tests/kernels tests/exec -p no:cacheprovider \
+    -rfE --tb=short > "$OUT/tests.log" 2>&1
+  echo "exit $?" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  {
+    name=$(python3 -c "from twinfer.calibration.device import default_name; print(default_name('cuda'))")
+    cp "twinfer/calibration/profiles/$name.json" $camp/profiles/ 2>/dev/null
+    log "calibrate --ops elementwise (sustained GEMM, carry the rest) -> $name"
+    timeout -k 5 120 python3 -m twinfer.cli calibrate --ops elementwise \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -4
+    python3 -c "
+import json; p = json.load(open('$camp/profiles/$name.json'))['peaks']
+print('sustained fraction', p.get('sustained_matmul_fraction'), 'burst', p['matmul_flops_per_s'])"
+    camp_s=$(( $(left) - ${BENCH_S:-200} ))
+    log "campaign tp1 (overheads + matrix, ${camp_s} s)"
+    timeout -k 5 $(( camp_s + 60 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --time-budget-s "$camp_s" \
+      2>&1 | tail -30
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    for part in ours hf; do
+      log "bench --part $part"
+      timeout -k 5 $(( $(left) > 40 ? $(left) - 10 : 30 )) python3 -m twinfer.exec.bench \
+        --part $part --out "$OUT/bench-exec.json" 2>&1 | tail -12
+    done
+  } >> "$OUT/run.log" 2>&1
+  ;;
+dual)
+  log "two-GPU tests" | tee -a "$OUT/run.log"
+  timeout -k 5 150 python3 -m pytest -q -m multigpu tests/exec -p no:cacheprovider -rfE \
+    --tb=short > "$OUT/tests.log" 2>&1
+  echo "exit $?" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  {
+    log "bench --part multi: TP=2, PP=2 at batch 1 (and TP=1 on GPU 0)"
+    timeout -k 5 150 python3 -m twinfer.exec.bench --part multi --batches 1 \
+      --contexts 512 4096 --out "$OUT/bench-exec.json" 2>&1 | tail -12
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 90 python3 -m twinfer.exec.bench --part ours \
+      --batches 1 --contexts 512 4096 --out "$OUT/bench-exec.json" 2>&1 | tail -6
+    log "kv_sharded: correctness, then allgather / mpi / fused"
+    timeout -k 5 60 $mp python3 -m twinfer.exec.kvshard_bench --case correctness 2>&1 | tail -12
+    timeout -k 5 100 $mp python3 -m twinfer.exec.kvshard_bench --case compare --iters 30 \
+      --out /tmp/res/kvshard_compare.json 2>&1 | tail -25
+    for sc in fa_pool_h200_base1_pool1 kv_sharded_decode; do
+      log "scenario $sc"
+      timeout -k 5 120 python3 -m twinfer.exec scenarios/$sc.yaml --device cuda \
+        --arrivals batch --out /tmp/res/$sc.json 2>&1 | tail -8
+      python3 -m twinfer.cli compare /tmp/res/$sc.json 2>&1 | tail -14
+    done
+    tar czf "$OUT/results.tgz" -C /tmp res
+  } >> "$OUT/run.log" 2>&1
+  ;;
+matrix)
+  cp twinfer/calibration/profiles/h200-sxm.json $camp/profiles/
+  {
+    log "campaign tp2, pp2 against the shipped h200-sxm profile"
+    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp2,pp2 --contexts 512,4096,32768 --batches 1,16,64 --stages matrix \
+      --time-budget-s $(( $(left) - 60 )) 2>&1 | tail -40
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix [budget_s]" >&2; exit 2 ;;
+esac
+log "done" | tee -a "$OUT/run.log"
+grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20
