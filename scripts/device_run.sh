@@ -104,7 +104,7 @@ matrix)
   {
     log "campaign tp2, pp2 against the shipped h200-sxm profile"
     timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
-      --layouts tp2,pp2 --contexts 512,4096,32768 --batches 1,16,64 --stages matrix \
+      --layouts tp2,pp2 --contexts 512,4096,32768 --batches 1,16,64 --stages matrix --run-timeout-s 150 \
       --time-budget-s $(( $(left) - 60 )) 2>&1 | tail -40
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1

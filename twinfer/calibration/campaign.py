@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ class CampaignConfig:
     time_budget_s: float
     calibrate_budget_s: float
     quick: bool
+    run_timeout_s: float = 300.0  # one executor run (a hung run is killed after this)
 
 
 def _say(text: str) -> None:
@@ -109,12 +111,23 @@ def run_exec(scenario: Path, out: Path, device: str, timeout_s: float) -> tuple[
         env["OMP_NUM_THREADS"] = "1"  # as calibrated: one thread per rank
     argv = [sys.executable, "-m", "twinfer.exec", str(scenario), "--device", device,
             "--arrivals", "batch", "--out", str(out)]
+    # its own process group, so that a run past its time goes with mpirun and the ranks
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=max(30.0, timeout_s))
+        output, _ = proc.communicate(timeout=max(30.0, timeout_s))
     except subprocess.TimeoutExpired:
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.communicate(timeout=wait_s)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
         return 124, f"timed out after {timeout_s:.0f} s"
-    return proc.returncode, "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
+    return proc.returncode, "\n".join(output.strip().splitlines()[-6:])
 
 
 class Runner:
@@ -139,9 +152,10 @@ class Runner:
         scen.write_text(json.dumps(doc, indent=1))  # JSON is YAML: no yaml dump needed
         _say(f"exec {doc['name']} ({left:.0f} s left)")
         t0 = time.monotonic()
-        code, tail = run_exec(scen, out, self.cfg.device, min(left, 600.0))
+        code, tail = run_exec(scen, out, self.cfg.device, min(left, self.cfg.run_timeout_s))
         took = time.monotonic() - t0
-        self.timed_s.append(took)
+        if code == 0:  # a hung run that timed out says nothing of the next one's length
+            self.timed_s.append(took)
         self.log.append({"name": doc["name"], "status": "ok" if code == 0 else f"exit {code}",
                          "wall_s": round(took, 1), **({"tail": tail} if code else {})})
         if code:
@@ -252,6 +266,8 @@ def parse_args(argv: list[str] | None = None) -> CampaignConfig:
                    help="start no executor run after this many seconds")
     p.add_argument("--calibrate-budget-s", type=float, default=240.0,
                    help="stop the compute sweeps after this long (collectives follow)")
+    p.add_argument("--run-timeout-s", type=float, default=300.0,
+                   help="kill one executor run after this long (a hang costs no more)")
     p.add_argument("--quick", action="store_true", help="quick calibration plan")
     ns = p.parse_args(argv)
     device = ns.device
@@ -269,7 +285,8 @@ def parse_args(argv: list[str] | None = None) -> CampaignConfig:
                        .split(",") if x),
         output_tokens=ns.output_tokens or (32 if gpu else 16),
         stages=tuple(x for x in ns.stages.split(",") if x), time_budget_s=ns.time_budget_s,
-        calibrate_budget_s=ns.calibrate_budget_s, quick=ns.quick)
+        calibrate_budget_s=ns.calibrate_budget_s, quick=ns.quick,
+        run_timeout_s=ns.run_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
