@@ -97,3 +97,15 @@ def test_cli_exec_reports_bad_input_in_one_line(exec_run):
     assert "needs 2 ranks" in result.output
     result = CliRunner().invoke(app, ["exec", str(run.scenario_path), "--device", "tpu"])
     assert result.exit_code == 2 and "--device: unknown value 'tpu'" in result.output
+
+
+def test_a_teardown_that_never_returns_does_not_hang_the_job(exec_run):
+    """Seen on two H200s: NCCL's teardown hung after a TP=2 run had written its
+    results. A rank waits TWINFER_TEARDOWN_S for it, says so, and exits cleanly."""
+    run = exec_run(tiny({"kind": "uniform", "tp": 2}, 2))
+    start = time.monotonic()
+    proc = run.run(env={"TWINFER_HANG_TEARDOWN": "1", "TWINFER_TEARDOWN_S": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - start < 90
+    assert "teardown did not return in 1 s" in proc.stderr
+    assert run.results()["summary"]["requests"] > 0

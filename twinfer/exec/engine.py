@@ -188,6 +188,10 @@ class Engine:
             max_blocks=ceil(longest / self.sched.kv_block_tokens))
 
     @torch.inference_mode()
+    def release_graphs(self) -> None:
+        """Drop the captured decode graphs (they hold the TP group's NCCL kernels)."""
+        self.runner.graphs = None
+
     def serve(self, seqs: list[Sequence], opts: ServeOptions) -> ServeReport:
         """Serve ``seqs`` (the same list on every rank of the pipeline; only the
         driver's copy is scheduled). Returns this rank's report."""

@@ -11,13 +11,14 @@ points (one engine, several workloads).
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from twinfer.exec.diag import arm_stack_dump, phase
+from twinfer.exec.diag import arm_stack_dump, phase, warn
 from twinfer.exec.launch import ExecArgs, rendezvous_address
 from twinfer.exec.scheduler import Sequence
 from twinfer.spec import Request, Scenario, SpecError, load_scenario, scenario_from_dict
@@ -56,6 +57,11 @@ def rank_main(args: ExecArgs) -> int:
             finish_run(args, session, doc)
         session.close()
         phase(rank, "done")
+        if session.stuck:  # a thread sits in NCCL's teardown: exit around it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            MPI.Finalize()
+            os._exit(0)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must abort the job
         abort(world, exc)
@@ -97,6 +103,9 @@ def configure(args: ExecArgs, world_size: int, scenario: Scenario | None = None)
                         f"max_position is {model.max_position}", "shorten prompts or outputs")
     return RunConfig(scenario.to_dict(), scenario.base_dir, requests, prompt_ids)
 
+TEARDOWN_S = 30.0  # longest wait for torch.distributed's teardown (TWINFER_TEARDOWN_S)
+HANG_TEARDOWN_ENV = "TWINFER_HANG_TEARDOWN"  # test hook: the teardown never returns
+
 
 @dataclass
 class Session:
@@ -112,6 +121,7 @@ class Session:
     info: dict = field(default_factory=dict)
     reports: list = field(default_factory=list)  # rank 0: every rank's last ServeReport
     streamer: object = None  # the driver's tokenizer while it streams --prompt output
+    stuck: bool = False  # torch.distributed's teardown did not return (see close)
 
     def sequences(self, requests: list[Request] | None = None) -> list[Sequence]:
         """This pipeline's share of the requests (rid modulo pipelines), as sequences."""
@@ -157,10 +167,40 @@ class Session:
         return results_document(self, gathered)
 
     def close(self) -> None:
+        """Take torch.distributed down once every rank's GPU work is done.
+
+        Seen on two H200s: TP=2 runs wrote their results, then hung here with the decode
+        graphs (which hold captured NCCL all-reduces) still alive. The graphs go first,
+        the device drains, the ranks meet; and should NCCL's teardown still not return
+        within ``TEARDOWN_S``, the rank says so and leaves without it (`rank_main`).
+        """
+        import threading
+
+        import torch
         import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        from twinfer.exec.control import poll_barrier
+
+        release = getattr(self.engine, "release_graphs", None)
+        if release is not None:
+            release()
+        gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        poll_barrier(self.world, 0.0 if torch.cuda.is_available() else 2e-4)
+        if not dist.is_initialized():
+            return
+        teardown = dist.destroy_process_group
+        if os.environ.get(HANG_TEARDOWN_ENV):
+            teardown = threading.Event().wait
+        wait_s = float(os.environ.get("TWINFER_TEARDOWN_S", TEARDOWN_S))
+        done = threading.Thread(target=teardown, daemon=True, name="twinfer-teardown")
+        done.start()
+        done.join(wait_s)
+        if done.is_alive():
+            warn(self.world.Get_rank(), f"torch.distributed teardown did not return in "
+                 f"{wait_s:g} s; leaving without it")
+            self.stuck = True
 
 
 def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Session:
