@@ -69,6 +69,33 @@ def test_sustained_fraction_slows_compute_bound_work_only():
     assert burst.prefill_attention_s(8192, 8, 8, 128) == approx(2e-3)
 
 
+def test_graphed_collectives_use_the_graph_replayed_samples_in_their_range():
+    eager = [{"bytes": b, "time_s": 25e-6 + b / 300e9} for b in (4096, 65536, 1 << 20, 16 << 20)]
+    graph = [{"bytes": b, "time_s": 8e-6 + b / 300e9} for b in (4096, 65536, 1 << 20)]
+    coll = {"nvlink": {"all_reduce": {"2": {"alpha_s": 25e-6, "bytes_per_s": 300e9,
+                                            "samples": eager, "graph_samples": graph}}}}
+    c = CostModel(make_profile(collectives=coll), "bf16")
+    assert c.collective_s("all_reduce", 65536, 2, "nvlink", graphed=True) == approx(
+        8e-6 + 65536 / 300e9)
+    assert c.collective_s("all_reduce", 65536, 2, "nvlink") == approx(25e-6 + 65536 / 300e9)
+    # beyond the largest graph-replayed size: the eager samples
+    assert c.collective_s("all_reduce", 16 << 20, 2, "nvlink", graphed=True) == approx(
+        25e-6 + (16 << 20) / 300e9)
+    assert "graph-replayed sizes" in "\n".join(c.provenance.lines())
+    # a TP=2 decode step prices its all-reduces as replayed when the executor graphs
+    # them (overheads.cuda_graphs), a prefill step as launched one by one
+    spec = StageSpec(model_preset("llama-3-8b"), 2, 32, "nvlink", True, True)
+    graphs = {"cuda_graphs": True, "step_s": 0.0}
+    with_graphs = StageCost(spec, CostModel(make_profile(collectives=coll,
+                                                         overheads=graphs), "bf16"))
+    eager_only = StageCost(spec, CostModel(make_profile(collectives=coll), "bf16"))
+    decode = StepBatch(decode_n=1, decode_ctx_sum=512, logits_n=1)
+    saved = (25e-6 - 8e-6) * 2 * 32  # two all-reduces per layer, 8 KB each
+    assert eager_only.step(decode)[1] - with_graphs.step(decode)[1] == approx(saved, rel=0.02)
+    prefill = StepBatch(0, 0, ((512, 0),), 512, 1)
+    assert with_graphs.step(prefill)[1] == approx(eager_only.step(prefill)[1])
+
+
 def roofline_shape(m, n, k, bw):
     return max(2 * m * n * k / 100e12, (m * k + k * n + m * n) * 2 / bw)
 

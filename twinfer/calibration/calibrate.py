@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twinfer.calibration import PROFILES_DIR
-from twinfer.calibration.plan import ELEMENTWISE, OPS, SweepPlan, plan_for
+from twinfer.calibration.plan import COLLECTIVES, ELEMENTWISE, OPS, SweepPlan, plan_for
 from twinfer.calibration.shapes import GemmShape
 from twinfer.calibration.store import PartialStore, partial_path
 from twinfer.spec import SpecError
@@ -57,10 +57,19 @@ def resolve_device(device: str) -> str:
 
 
 def check_ops(ops: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = [op for op in ops if op not in OPS]
+    unknown = [op for op in ops if op not in OPS and op not in COLLECTIVES]
     if unknown:
-        raise SpecError("--ops", f"unknown op {unknown[0]!r}", f"use some of {', '.join(OPS)}")
+        raise SpecError("--ops", f"unknown op {unknown[0]!r}",
+                        f"use some of {', '.join(OPS)} (or single collectives: "
+                        f"{', '.join(COLLECTIVES)})")
     return ops
+
+
+def comm_ops(ops: tuple[str, ...]) -> tuple[str, ...]:
+    """The collectives to measure: all of them for "collectives", else those named."""
+    if "collectives" in ops:
+        return COLLECTIVES
+    return tuple(op for op in COLLECTIVES if op in ops)
 
 
 def compute_groups(plan: SweepPlan, ops: tuple[str, ...]) -> Iterator[tuple[str, Callable]]:
@@ -206,12 +215,13 @@ def run_collectives(plan: SweepPlan, store: PartialStore, opts: CalibrateOptions
     link = link_kind(plan.device, ranks)
     with tempfile.TemporaryDirectory() as tmp:
         job_path = Path(tmp) / "job.json"
-        CommJob(str(store.path), store.fingerprint, plan.comm_bytes, list(plan.comm_ops),
+        ops = [op for op in plan.comm_ops if op in comm_ops(opts.ops)]
+        CommJob(str(store.path), store.fingerprint, plan.comm_bytes, ops,
                 plan.device, link, opts.quick).write(job_path)
         argv, env = mpirun_argv(ranks, plan.device, job_path)
         if opts.progress:
             _say(f"collectives: {ranks} ranks over {link} "
-                 f"({len(plan.comm_ops)} ops x {len(plan.comm_bytes)} sizes)")
+                 f"({len(ops)} ops x {len(plan.comm_bytes)} sizes)")
         proc = subprocess.run(argv, env=env, capture_output=True, text=True,
                               timeout=COMM_TIMEOUT_S)
     store.reload()
@@ -249,7 +259,7 @@ def calibrate(opts: CalibrateOptions) -> tuple[dict, Path]:
     if skipped:
         notes.append(f"time budget reached: {len(skipped)} compute groups not measured "
                      f"({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})")
-    if "collectives" in opts.ops:
+    if comm_ops(opts.ops):
         run_collectives(plan, store, opts)
     profile = build_profile(store.groups, device_info(device), plan, name, notes)
     if out.exists():

@@ -87,7 +87,8 @@ def _collectives(groups: list[dict]) -> dict:
         ab = fit_alpha_beta([s["bytes"] for s in samples], [s["time_s"] for s in samples])
         out.setdefault(g["link"], {}).setdefault(g["op"], {})[str(g["ranks"])] = {
             "alpha_s": ab.alpha_s, "bytes_per_s": ab.bytes_per_s, "samples": samples,
-            "residual_rel": round(ab.residual_rel, 5)}
+            "residual_rel": round(ab.residual_rel, 5),
+            **({"graph_samples": g["graph_samples"]} if g.get("graph_samples") else {})}
     return out
 
 

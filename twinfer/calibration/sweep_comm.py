@@ -165,6 +165,41 @@ def time_collective(comm, fn, dev: torch.device, quick: bool) -> float:
     return statistics.median(per_batch)
 
 
+GRAPH_MAX_BYTES = 4 << 20  # graph-replayed all_reduce: the decode steps' message sizes
+GRAPH_OPS_PER_REPLAY = 32
+
+
+def time_graphed(comm, fn, dev: torch.device, quick: bool) -> float:
+    """Seconds per operation when ``GRAPH_OPS_PER_REPLAY`` of them are replayed from one
+    CUDA graph, as the executor's decode steps run them: no host launch between them,
+    which the eager batches of `time_collective` still pay for small messages. The
+    slowest rank's median over replays."""
+    from mpi4py import MPI
+
+    stream = torch.cuda.Stream(dev)
+    stream.wait_stream(torch.cuda.current_stream(dev))
+    graph = torch.cuda.CUDAGraph()
+    comm.Barrier()
+    with torch.cuda.graph(graph, stream=stream):
+        for _ in range(GRAPH_OPS_PER_REPLAY):
+            fn()
+    torch.cuda.synchronize(dev)
+    graph.replay()  # warm
+    torch.cuda.synchronize(dev)
+    per_replay = []
+    for _ in range(3 if quick else BATCHES):
+        comm.Barrier()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize(dev)
+        mine = start.elapsed_time(end) * 1e-3 / GRAPH_OPS_PER_REPLAY
+        per_replay.append(comm.allreduce(mine, op=MPI.MAX))
+    del graph
+    return statistics.median(per_replay)
+
+
 def run_job(job: CommJob) -> None:
     """Every rank runs this; rank 0 records the groups."""
     from mpi4py import MPI
@@ -181,7 +216,7 @@ def run_job(job: CommJob) -> None:
             key = group_key(op, ranks, job.link_kind)
             if key in done or (op == "send_recv" and ranks != 2):
                 continue
-            samples = []
+            samples, graph_samples = [], []
             if rank < ranks:
                 sub = comm.Split(0)
                 for nbytes in job.sizes_bytes:
@@ -189,12 +224,16 @@ def run_job(job: CommJob) -> None:
                     t = time_collective(sub, fn, dev, job.quick)
                     samples.append({"bytes": nbytes, "time_s": t / (2 if op == "send_recv"
                                                                       else 1)})
+                    if op == "all_reduce" and dev.type == "cuda" and nbytes <= GRAPH_MAX_BYTES:
+                        graph_samples.append({"bytes": nbytes,
+                                              "time_s": time_graphed(sub, fn, dev, job.quick)})
                 sub.Free()
             else:
                 comm.Split(MPI.UNDEFINED)
             if rank == 0:
                 store.add(key, {"kind": "collective", "link": job.link_kind, "op": op,
-                                "ranks": ranks, "samples": samples})
+                                "ranks": ranks, "samples": samples,
+                                **({"graph_samples": graph_samples} if graph_samples else {})})
             comm.Barrier()
     dist.destroy_process_group()
 

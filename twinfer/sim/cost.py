@@ -291,11 +291,14 @@ class CostModel:
         return t
 
     # ---- communication -------------------------------------------------------------
-    def collective_s(self, op: str, nbytes: float, ranks: int, link: str) -> float:
-        """``op`` over ``ranks`` GPUs joined by ``link``; ``nbytes`` per rank as torch sees."""
+    def collective_s(self, op: str, nbytes: float, ranks: int, link: str,
+                     graphed: bool = False) -> float:
+        """``op`` over ``ranks`` GPUs joined by ``link``; ``nbytes`` per rank as torch sees.
+        ``graphed``: replayed from a CUDA graph (decode steps), priced by the profile's
+        graph-replayed samples where it has them for this size."""
         if ranks <= 1 or nbytes <= 0:
             return 0.0
-        key = (op, nbytes, ranks, link)
+        key = (op, nbytes, ranks, link, graphed)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -307,8 +310,29 @@ class CostModel:
                                  f"{override.bw_gbps:g} GB/s, {override.latency_us:g} us "
                                  "(ring algorithm)")
         else:
-            t = self._profile_collective(op, nbytes, ranks, link)
+            t = self._graphed_collective(op, nbytes, ranks, link) if graphed else None
+            if t is None:
+                t = self._profile_collective(op, nbytes, ranks, link)
         self._cache[key] = t
+        return t
+
+    def _graphed_collective(self, op: str, nbytes: float, ranks: int,
+                            link: str) -> float | None:
+        """From the graph-replayed samples of this very (op, ranks, link), up to their
+        largest size (below the smallest: its time); None where there are none."""
+        fit = self.profile.collective(link, op, ranks)
+        if fit is None or not fit.graph_samples:
+            return None
+        label = f"{self.name} {op} {link} ranks={ranks} (CUDA graph)"
+        series = self._cache.get(("series", label))
+        if series is None:
+            series = LogLogSeries((s.bytes, s.time_s) for s in fit.graph_samples)
+            self._cache[("series", label)] = series  # type: ignore[assignment]
+        if nbytes > series.hi:
+            return None
+        t, _ = series.at(nbytes)
+        self.provenance.note(("coll", "graph", label), f"{label}: interpolated over "
+                             f"{len(series)} graph-replayed sizes up to {series.hi:g} B")
         return t
 
     def check_link(self, link: str) -> None:

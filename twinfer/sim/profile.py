@@ -157,6 +157,9 @@ class CollectiveFit(_Strict):
     bytes_per_s: float = Field(gt=0)
     samples: list[CollectiveSample] = Field(default_factory=list)
     residual_rel: float = Field(0.0, ge=0)
+    graph_samples: list[CollectiveSample] = Field(
+        default_factory=list, description="the op replayed from a CUDA graph (small "
+        "messages, as decode steps run it): no host launch per op")
     fallback: str | None = Field(None, description="not measured: where the line comes "
                                  "from (a datasheet figure, another profile's alpha)")
 
@@ -182,12 +185,14 @@ class Overheads(_Strict):
                              "the sweeps' launch-bound kernel floor)")
         return self
 
-    def fixed_s(self, layers: int, first: bool, prefill: bool) -> float:
-        """The overhead a stage of ``layers`` layers adds to one step."""
+    def fixed_s(self, layers: int, driver: bool, prefill: bool) -> float:
+        """The overhead a stage of ``layers`` layers adds to one step; the step term goes
+        to the stage whose leader drives the pipeline (the executor's last stage: it
+        samples, schedules and sends the next plan while its GPU waits)."""
         step = self.step_s
         if prefill and self.prefill_step_s is not None:
             step = self.prefill_step_s
-        return self.per_layer_s * layers + (step if first else 0.0)
+        return self.per_layer_s * layers + (step if driver else 0.0)
 
 
 class MemoryInfo(_Strict):

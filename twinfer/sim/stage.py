@@ -63,23 +63,28 @@ class StageCost:
         self.cost = cost
         self.shard = ShardShape.of(spec.model, spec.tp)
         overheads = cost.profile.overheads
-        self.fixed_s = overheads.fixed_s(spec.num_layers, spec.first, prefill=False)
-        self.prefill_fixed_s = overheads.fixed_s(spec.num_layers, spec.first, prefill=True)
+        # the host's per-step work is the driver's: the last stage's leader
+        self.fixed_s = overheads.fixed_s(spec.num_layers, spec.last, prefill=False)
+        self.prefill_fixed_s = overheads.fixed_s(spec.num_layers, spec.last, prefill=True)
         self.comm_kept = 1.0 - overheads.comm_overlap
-        self._dense: dict[int, tuple[float, float]] = {}
-        self._head: dict[int, tuple[float, float]] = {}
+        self.graphs = overheads.cuda_graphs
+        self._dense: dict[tuple[int, bool], tuple[float, float]] = {}
+        self._head: dict[tuple[int, bool], tuple[float, float]] = {}
         self._chunk: dict[tuple[int, int], float] = {}
 
     def step(self, batch: StepBatch) -> tuple[float, float]:
         """(time_s, comm_s) of this stage's work on ``batch``; comm_s is part of time_s."""
-        dense = self._dense.get(batch.tokens)
+        # a pure decode step replays a CUDA graph where the executor captured them
+        graphed = self.graphs and not batch.prefill_tokens
+        dense = self._dense.get((batch.tokens, graphed))
         if dense is None:
-            dense = self._dense[batch.tokens] = self._dense_s(batch.tokens)
+            dense = self._dense[(batch.tokens, graphed)] = self._dense_s(batch.tokens, graphed)
         time_s, comm_s = dense
         if self.spec.last:
-            head = self._head.get(batch.logits_n)
+            head = self._head.get((batch.logits_n, graphed))
             if head is None:
-                head = self._head[batch.logits_n] = self._lm_head_s(batch.logits_n)
+                head = self._head[(batch.logits_n, graphed)] = self._lm_head_s(
+                    batch.logits_n, graphed)
             time_s += head[0]
             comm_s += head[1]
         return time_s + self.attention_s(batch) + self.fixed_of(batch), comm_s
@@ -105,7 +110,7 @@ class StageCost:
             per_layer += t
         return per_layer * self.spec.num_layers
 
-    def _dense_s(self, m: int) -> tuple[float, float]:
+    def _dense_s(self, m: int, graphed: bool = False) -> tuple[float, float]:
         """Everything but attention and the LM head, for ``m`` tokens: (time, comm)."""
         if m == 0:
             return 0.0, 0.0
@@ -119,7 +124,8 @@ class StageCost:
         mlp_act = c.elementwise_s(m * sh.ffn * db * (3 if sh.swiglu else 2))
         gemms = (c.gemm_s(m, sh.qkv_n, h) + c.gemm_s(m, h, sh.q_dim)
                  + c.gemm_s(m, sh.up_n, h) + c.gemm_s(m, h, sh.ffn))
-        all_reduce = c.collective_s("all_reduce", act, spec.tp, spec.link) * self.comm_kept
+        all_reduce = c.collective_s("all_reduce", act, spec.tp, spec.link,
+                                    graphed) * self.comm_kept
         layer_comm = 2 * all_reduce
         layer = 2 * norm + 2 * add + rope + kv_write + mlp_act + gemms + layer_comm
         time_s, comm_s = layer * spec.num_layers, layer_comm * spec.num_layers
@@ -130,13 +136,13 @@ class StageCost:
             time_s += norm
         return time_s, comm_s
 
-    def _lm_head_s(self, n: int) -> tuple[float, float]:
+    def _lm_head_s(self, n: int, graphed: bool = False) -> tuple[float, float]:
         """LM head for the ``n`` sequences that sample, logits gather and sampling."""
         if n == 0:
             return 0.0, 0.0
         c, sh, spec = self.cost, self.shard, self.spec
         gather = c.collective_s("all_gather", n * sh.vocab * sh.dtype_bytes, spec.tp,
-                                spec.link) * self.comm_kept
+                                spec.link, graphed) * self.comm_kept
         full_vocab = spec.model.vocab
         sample = c.elementwise_s(2 * n * full_vocab * LOGIT_BYTES)
         return c.gemm_s(n, sh.vocab, sh.hidden) + gather + sample, gather
