@@ -98,3 +98,13 @@ def test_plans_over_rendezvous_do_not_deadlock(layout, exec_run, check_reference
     check_reference(sc, run.logits())
     prefill = [s for s in run.results()["steps"] if s["phase"] == "prefill"]
     assert max(s["tokens"] for s in prefill) > 1000  # a plan of tens of kilobytes
+
+
+def test_op_profile_writes_each_ranks_table(exec_run, tmp_path):
+    """TWINFER_PROFILE_DIR: every rank writes its operators (torch.profiler) there."""
+    run = exec_run(scenario("prof", {"kind": "uniform", "tp": 2}, 2, 2, 7))
+    proc = run.run(env={"TWINFER_PROFILE_DIR": str(tmp_path / "prof")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        table = (tmp_path / "prof" / f"rank{rank}.txt").read_text()
+        assert "Name" in table and "aten::" in table

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 DEBUG_ENV = "TWINFER_DEBUG"
 _T0 = time.perf_counter()
@@ -44,3 +46,30 @@ def warn(rank: int, what: str) -> None:
     """Always printed: something every rank's log should show (e.g. a failed capture)."""
     sys.stderr.write(f"[twinfer r{rank}] warning: {what}\n")
     sys.stderr.flush()
+
+
+PROFILE_ENV = "TWINFER_PROFILE_DIR"  # per-op profile of the run, one table per rank
+
+
+@contextmanager
+def op_profile(rank: int):
+    """With ``TWINFER_PROFILE_DIR=D`` set, profile what the block runs (torch.profiler,
+    CPU and CUDA) and write rank ``rank``'s operators, sorted by device time, to
+    ``D/rank<rank>.txt``: which kernels a step's time goes to."""
+    out_dir = os.environ.get(PROFILE_ENV)
+    if not out_dir:
+        yield
+        return
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        yield
+    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
+    path = Path(out_dir) / f"rank{rank}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from twinfer.exec.diag import arm_stack_dump, phase, warn
+from twinfer.exec.diag import arm_stack_dump, op_profile, phase, warn
 from twinfer.exec.launch import ExecArgs, rendezvous_address
 from twinfer.exec.scheduler import Sequence
 from twinfer.spec import Request, Scenario, SpecError, load_scenario, scenario_from_dict
@@ -46,7 +46,8 @@ def rank_main(args: ExecArgs) -> int:
     try:
         session = open_session(args, world)
         phase(rank, "serve")
-        report = session.serve(session.sequences(), session.serve_options())
+        with op_profile(rank):
+            report = session.serve(session.sequences(), session.serve_options())
         if session.streamer is not None:
             print(session.streamer.finish(), end="", flush=True)
         phase(rank, "collect")
