@@ -2,8 +2,10 @@
 
 Panels: GEMM achieved TFLOP/s vs m per (n, k) shape; decode attention achieved GB/s
 of KV read vs context per batch; prefill attention TFLOP/s vs prompt tokens;
-element-wise GB/s vs bytes; and per link kind the collectives' time vs bytes, each
-op's samples as markers and its alpha-beta line drawn through them.
+element-wise GB/s vs bytes; the square GEMM run back to back (sustained TFLOP/s over
+time against the burst peak); and per link kind the collectives' time vs bytes, each
+op's samples as markers and its alpha-beta line drawn through them, with the
+all-reduce replayed from a CUDA graph as open markers.
 """
 
 from __future__ import annotations
@@ -86,18 +88,42 @@ def _collectives(ax, link: str, ops: dict) -> None:
     for op, by_ranks in ops.items():
         for ranks, fit in sorted(by_ranks.items()):
             pts = sorted(fit["samples"], key=lambda s: s["bytes"])
-            if not pts:
-                continue
-            x = np.array([s["bytes"] for s in pts], dtype=float)
             color = OP_COLORS.get(op, "k")
             style = "-" if ranks == "2" else "--"
+            if not pts:  # a fallback line (datasheet): drawn, marked as unmeasured
+                xs = np.geomspace(4096, 256 << 20, 64)
+                ax.plot(xs, (fit["alpha_s"] + xs / fit["bytes_per_s"]) * 1e6, ":", lw=0.9,
+                        color=color, label=f"{op} x{ranks}: not measured (fallback)")
+                continue
+            x = np.array([s["bytes"] for s in pts], dtype=float)
             ax.plot(x, [s["time_s"] * 1e6 for s in pts], "o", ms=3, color=color)
             xs = np.geomspace(x.min(), x.max(), 64)
             ax.plot(xs, (fit["alpha_s"] + xs / fit["bytes_per_s"]) * 1e6, style, lw=0.9,
                     color=color, label=f"{op} x{ranks} ({fit['residual_rel']:.0%})")
+            graph = sorted(fit.get("graph_samples", []), key=lambda s: s["bytes"])
+            if graph:
+                ax.plot([s["bytes"] for s in graph], [s["time_s"] * 1e6 for s in graph],
+                        "o", ms=4, mfc="none", color=color,
+                        label=f"{op} x{ranks}, CUDA-graph replay")
     ax.set(xscale="log", yscale="log", xlabel="bytes per rank", ylabel="time (us)",
            title=f"collectives over {link}: samples and alpha-beta fits")
     ax.legend(fontsize=5)
+
+
+def _sustained(ax, peaks: dict, dtype: str) -> None:
+    pts = peaks["sustained_samples"]
+    t = np.array([s["t_s"] for s in pts])
+    ax.plot(t, [s["flops_per_s"] / 1e12 for s in pts], "-o", ms=2, lw=0.8,
+            label="8192^3 GEMM, 50 ms windows")
+    burst = peaks.get("matmul_flops_per_s", {}).get(dtype)
+    if burst:
+        ax.axhline(burst / 1e12, ls="--", color="gray", lw=0.8, label="burst peak")
+        frac = peaks.get("sustained_matmul_fraction", 1.0)
+        ax.axhline(frac * burst / 1e12, ls=":", color="C3", lw=0.9,
+                   label=f"sustained ({frac:.3f} of peak)")
+    ax.set(xlabel="seconds of back-to-back GEMMs", ylabel="TFLOP/s",
+           title="sustained tensor-core throughput")
+    ax.legend(fontsize=6)
 
 
 def _cmap(n: int):
@@ -120,6 +146,8 @@ def plot_profile(profile: dict, out: Path | None = None) -> Path:
     dtype_bytes = 4 if dtype == "fp32" else 2
     panels = [(k, ops[k]["samples"]) for k in ("gemm", "decode_attention", "prefill_attention",
                                                "elementwise") if ops.get(k, {}).get("samples")]
+    if profile.get("peaks", {}).get("sustained_samples"):
+        panels.append(("sustained", None))
     count = len(panels) + len(links)
     cols = 3 if count > 4 else 2
     rows = max(1, -(-count // cols))
@@ -132,6 +160,8 @@ def plot_profile(profile: dict, out: Path | None = None) -> Path:
             _decode(ax, samples, dtype_bytes)
         elif kind == "prefill_attention":
             _prefill(ax, samples)
+        elif kind == "sustained":
+            _sustained(ax, profile["peaks"], dtype)
         else:
             _elementwise(ax, samples, profile["peaks"]["copy_bytes_per_s"])
     for ax, (link, link_ops) in zip(flat[len(panels):], links.items(), strict=False):
