@@ -324,10 +324,7 @@ class CostModel:
         if fit is None or not fit.graph_samples:
             return None
         label = f"{self.name} {op} {link} ranks={ranks} (CUDA graph)"
-        series = self._cache.get(("series", label))
-        if series is None:
-            series = LogLogSeries((s.bytes, s.time_s) for s in fit.graph_samples)
-            self._cache[("series", label)] = series  # type: ignore[assignment]
+        series = self._collective_series(fit.graph_samples, label)
         if nbytes > series.hi:
             return None
         t, _ = series.at(nbytes)
@@ -361,7 +358,7 @@ class CostModel:
                                  f"({fit.alpha_s * 1e6:.1f} us, {fit.bytes_per_s / 1e9:.0f} GB/s)"
                                  + why)
             return fit.alpha_s + nbytes / fit.bytes_per_s
-        series = self._collective_series(fit, label)
+        series = self._collective_series(fit.samples, label)
         t, where = series.at(nbytes)
         if where == ABOVE:  # continue along the fitted bandwidth, monotone at the edge
             t += (nbytes - series.hi) / fit.bytes_per_s
@@ -376,11 +373,11 @@ class CostModel:
                                  f"{series.hi:g}] B, continued along the alpha-beta line")
         return t
 
-    def _collective_series(self, fit: CollectiveFit, label: str) -> LogLogSeries:
+    def _collective_series(self, samples: list, label: str) -> LogLogSeries:
         key = ("series", label)
         series = self._cache.get(key)
         if series is None:
-            series = LogLogSeries((s.bytes, s.time_s) for s in fit.samples)
+            series = LogLogSeries((s.bytes, s.time_s) for s in samples)
             self._cache[key] = series  # type: ignore[assignment]
         return series  # type: ignore[return-value]
 
