@@ -6,7 +6,8 @@ all KV heads, by TP rank ``p % tp`` at local index ``p // tp`` (striping keeps t
 shards even as sequences grow). Per layer (`KvShardedComm.attend`, reached from the
 model's attention through its ``comm``):
 
-1. all-gather the step's Q/K/V heads inside the TP group (every rank attends all heads);
+1. all-gather the step's Q/K/V heads inside the TP group, packed into one tensor (every
+   rank attends all heads);
 2. store the K/V of the tokens this rank owns into its pages;
 3. decode: partial attention over the keys it owns (the split-KV paged decode kernel,
    sequence length = the tokens owned), then the merge of all ranks' partials by LSE
@@ -59,24 +60,31 @@ class KvShardedComm:
     def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return self.tp.gather_vocab(logits)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[tokens, local heads, D] on every rank -> [tokens, size * local heads, D]."""
+    def _heads(self, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every rank's Q, K and V heads, in one all-gather (one collective per layer,
+        not three): [tokens, local heads, D] each -> [tokens, size * local heads, D]
+        in rank order, K and V without the replicas of tp > kv_heads."""
         if self.size == 1:
-            return x
-        tokens = x.shape[0]
-        out = x.new_empty((self.size * tokens, *x.shape[1:]))
-        all_gather_single(out, x.contiguous(), group=self.tp.group)
-        return out.view(self.size, tokens, *x.shape[1:]).transpose(0, 1).reshape(
-            tokens, -1, x.shape[-1])
+            return q, k, v
+        tokens, hq, hk = q.shape[0], q.shape[1], k.shape[1]
+        packed = torch.cat([q, k, v], dim=1)  # [tokens, hq + 2 hk, D]
+        out = packed.new_empty((self.size * tokens, *packed.shape[1:]))
+        all_gather_single(out, packed, group=self.tp.group)
+        out = out.view(self.size, tokens, hq + 2 * hk, -1).transpose(0, 1)
+
+        def heads(first: int, count: int) -> torch.Tensor:
+            return out[:, :, first:first + count].reshape(tokens, self.size * count, -1)
+
+        return (heads(0, hq), heads(hq, hk)[:, self._kv_take],
+                heads(hq + hk, hk)[:, self._kv_take])
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: AttentionInput,
                pages: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """q [T, local heads, D], k/v [T, local KV heads, D] -> out [T, local heads, D]."""
         local_heads = q.shape[1]
         with self.tp.timer.comm():
-            q_all = self._heads(q)
-            k_all = self._heads(k)[:, self._kv_take]
-            v_all = self._heads(v)[:, self._kv_take]
+            q_all, k_all, v_all = self._heads(q, k, v)
         pos = step.positions
         own = pos % self.size == self.rank
         local = pos // self.size
