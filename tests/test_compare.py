@@ -120,3 +120,28 @@ def test_the_twin_gets_the_runs_kv_pages():
              {"rank": 1, "pipeline": 0, "num_blocks": 850}, {"rank": 2, "idle": True}]
     assert measured_kv_blocks({"ranks": ranks}) == [850]
     assert measured_kv_blocks({"ranks": []}) is None
+
+
+def test_steps_grouped_by_composition_carry_the_replay(capsys):
+    """``--steps``: a run whose steps took exactly the twin's times has no error per
+    composition, and the groups account for every step."""
+    from twinfer.compare import step_groups
+
+    doc = _results_as_predicted()
+    groups = step_groups(doc)
+    assert sum(g.steps for g in groups) == len(doc["steps"])
+    assert {g.phase for g in groups} <= {"prefill", "decode"}
+    reps = replay(doc)
+    for g in groups:
+        mine = [r for r in reps if (r.phase, r.batch, r.tokens) == (g.phase, g.batch, g.tokens)]
+        assert g.predicted_s == pytest.approx(sum(r.predicted_s for r in mine) / len(mine))
+        assert g.error == pytest.approx(0.0, abs=1e-9)  # periods are the twin's times
+        assert math.isnan(g.device_s)  # these steps record no rank spans
+
+
+def test_cli_compare_steps_table(tmp_path, capsys):
+    res = tmp_path / "r.json"
+    res.write_text(json.dumps(_results_as_predicted()))
+    assert _cli(["compare", str(res), "--steps"]) == 0
+    out = capsys.readouterr().out
+    assert "steps by composition" in out and "GPU span" in out

@@ -240,6 +240,8 @@ def compare(
     plot: Optional[str] = typer.Option(None, "--plot", help="write a bar chart PNG"),  # noqa: UP045
     table: bool = typer.Option(False, "--table", help="print the Markdown validation matrix "
                                "(median and worst error per metric) of all the results"),
+    steps: bool = typer.Option(False, "--steps", help="also every step composition: "
+                               "measured, on the GPU, predicted, kernels alone"),
 ) -> None:
     """Simulated versus measured: TTFT, TPOT, TPS and per-phase time of executor runs."""
     from pathlib import Path
@@ -250,9 +252,17 @@ def compare(
     if table:
         print(cmp.validation_table(results, profile))
         return
-    found = [cmp.compare_file(p, profile) for p in cmp.results_paths(results)]
-    for c in found:
+    from twinfer.sim.profile import load_profile
+
+    found = []
+    for path in cmp.results_paths(results):
+        c = cmp.compare_file(path, profile)
+        found.append(c)
         console.print(cmp.comparison_table(c))
+        if steps:
+            doc = cmp.load_results(path)
+            groups = cmp.step_groups(doc, load_profile(profile) if profile else None)
+            console.print(cmp.steps_table(groups, f"{c.scenario}: steps by composition"))
     if json_out:
         docs = [c.to_dict() for c in found]
         write_json_atomic(Path(json_out), docs[0] if len(docs) == 1 else docs)

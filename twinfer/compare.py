@@ -158,6 +158,66 @@ def comparison_table(c: Comparison):
     return table
 
 
+@dataclass(frozen=True)
+class StepGroup:
+    """The executor steps of one composition (phase, sequences, tokens), summarized."""
+
+    phase: str
+    batch: int
+    tokens: int
+    steps: int
+    measured_s: float  # mean share of the run per step (see calibration.replay)
+    device_s: float  # mean device span of the step's slowest rank (nan if not recorded)
+    predicted_s: float  # the twin's mean time for the same compositions
+    kernels_s: float  # the same without the profile's fixed overheads
+
+    @property
+    def error(self) -> float:
+        return self.predicted_s / self.measured_s - 1.0 if self.measured_s > 0 else math.nan
+
+
+def step_groups(doc: dict, profile: Profile | None = None) -> list[StepGroup]:
+    """Every step of a run replayed through the cost model, grouped by composition, in
+    order of first appearance. ``device_s`` against ``measured_s`` separates the time
+    the GPUs worked from the host's share; ``kernels_s`` against ``predicted_s`` the
+    kernels from the fitted overheads: which term of the model a miss comes from."""
+    groups: dict[tuple, list] = {}
+    for step, rep in zip(doc["steps"], replay(doc, profile), strict=True):
+        spans = [r.get("span_s") for r in step.get("ranks", {}).values()]
+        device = max((x for x in spans if isinstance(x, (int, float))), default=math.nan)
+        groups.setdefault((rep.phase, rep.batch, rep.tokens), []).append((rep, device))
+    out = []
+    for (phase, batch, tokens), rows in groups.items():
+        reps = [r for r, _ in rows]
+        out.append(StepGroup(
+            phase, batch, tokens, len(rows),
+            float(np.mean([r.measured_s for r in reps])),
+            float(np.mean([d for _, d in rows])),
+            float(np.mean([r.predicted_s for r in reps])),
+            float(np.mean([r.kernels_s for r in reps]))))
+    return out
+
+
+def steps_table(groups: list[StepGroup], title: str):
+    """A rich table of `step_groups`: per composition, measured (and on the GPU),
+    predicted (and kernels alone), error."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("phase", "batch", "tokens", "steps", "measured", "GPU span", "predicted",
+                "kernels", "error"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+
+    def ms(x: float) -> str:
+        return f"{x * 1e3:.2f} ms" if math.isfinite(x) else "-"
+
+    for g in groups:
+        table.add_row(g.phase, str(g.batch), str(g.tokens), str(g.steps), ms(g.measured_s),
+                      ms(g.device_s), ms(g.predicted_s), ms(g.kernels_s),
+                      f"{g.error:+.1%}" if math.isfinite(g.error) else "-")
+    return table
+
+
 def plot_comparison(c: Comparison, out: str | Path) -> Path:
     """Bars of measured and predicted per metric (normalized to measured), errors on top."""
     import matplotlib
