@@ -13,6 +13,8 @@
 #       # FA Pool and kv_sharded scenarios
 #   scripts/device_run.sh matrix   # two GPUs: the TP=2 / PP=2 validation campaign
 #       # against the shipped profile (its overheads fitted by a `single` session)
+#   scripts/device_run.sh next     # two GPUs: what the second session left (bench
+#       # TP=2/PP=2 at every batch, FA Pool / kv_sharded profiles, 32K matrix points)
 #
 # $OUT gets at most 8 files: env.log, clocks.csv, tests.log, run.log, campaign.tgz or
 # results.tgz, bench-exec.json.
@@ -109,7 +111,34 @@ matrix)
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix [budget_s]" >&2; exit 2 ;;
+next)
+  # what the second session left (docs/VALIDATION.md): the TP=2/PP=2 bench rows at every
+  # batch, the 32K points of the two-GPU matrix, and per-kernel profiles of the FA Pool
+  # and kv_sharded decode (16 output tokens, so the profiler's cost stays bounded)
+  {
+    log "bench --part multi, all batches (TP=2, PP=2)"
+    timeout -k 5 240 python3 -m twinfer.exec.bench --part multi --out "$OUT/bench-exec.json" \
+      2>&1 | tail -16
+    for sc in fa_pool_h200_base1_pool1 kv_sharded_decode; do
+      python3 -c "
+import yaml; d = yaml.safe_load(open('scenarios/$sc.yaml'))
+d['workload']['output_tokens'] = 16; yaml.safe_dump(d, open('/tmp/res/$sc.yaml', 'w'))"
+      log "profile $sc (16 output tokens)"
+      TWINFER_PROFILE_DIR=/tmp/res/profile-$sc timeout -k 5 150 python3 -m twinfer.exec \
+        /tmp/res/$sc.yaml --device cuda --arrivals batch --out /tmp/res/$sc.json 2>&1 | tail -4
+    done
+    cp twinfer/calibration/profiles/h200-sxm.json $camp/profiles/
+    mkdir -p $camp/results/h200-sxm
+    cp docs/calibration/results/h200-sxm-x2/* $camp/results/h200-sxm/
+    log "campaign tp2, pp2 at 32K"
+    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp2,pp2 --contexts 32768 --batches 1,16,64 --stages matrix \
+      --run-timeout-s 150 --time-budget-s $(( $(left) - 60 )) 2>&1 | tail -12
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    tar czf "$OUT/results.tgz" -C /tmp res
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix|next [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20
