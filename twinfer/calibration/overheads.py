@@ -5,7 +5,7 @@ step, launching each layer's kernels (gone where CUDA graphs replay decode), sam
 the plan broadcast. At small batch this dominates (Vidur leaves host overhead out by
 default, and its users report large errors against real engines). The twin charges
 ``overheads.step_s`` once per decode step and ``overheads.prefill_step_s`` once per
-prefill step on a pipeline's first stage, and ``overheads.per_layer_s`` per layer on
+prefill step on a pipeline's last stage (the driver's), and ``overheads.per_layer_s`` per layer on
 every stage (``twinfer.sim.stage``).
 
 ``fit_overheads`` replays every step of one or more one-stage executor runs through
