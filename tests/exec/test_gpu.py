@@ -72,7 +72,17 @@ def test_bf16_engine_runs_with_graphs_and_reports_memory():
 
 @pytest.mark.mpi
 @pytest.mark.multigpu
-@pytest.mark.parametrize("layout", [{"kind": "uniform", "tp": 2}, {"kind": "uniform", "pp": 2}])
+@pytest.mark.parametrize("layout", [
+    {"kind": "uniform", "tp": 2},
+    {"kind": "uniform", "pp": 2},
+    # HexGen's asymmetric split: 3 layers on GPU 0, 1 on GPU 1
+    {"kind": "hetero", "pipelines": [{"stages": [{"gpus": [0], "layers": 3},
+                                                 {"gpus": [1], "layers": 1}]}]},
+    # FA Pool: prompts above 16 tokens attend on the pool GPU, the others on the base
+    {"kind": "fa_pool", "base": {"tp": 1, "gpus": [0]}, "pool_gpus": [1],
+     "threshold_tokens": 16, "policy": "all"},
+    {"kind": "kv_sharded", "tp": 2, "comm": "fused"},
+], ids=["tp2", "pp2", "hetero", "fa_pool", "kv_sharded_fused"])
 def test_two_gpus_match_the_reference(layout, exec_run, check_reference):
     scenario = {
         "model": {"preset": "tiny-gqa", "kv_heads": 1},
@@ -86,4 +96,6 @@ def test_two_gpus_match_the_reference(layout, exec_run, check_reference):
     proc = run.run(device="cuda", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_reference(scenario, run.logits(), device="cuda", rel_tol=GPU_TOL)
-    assert run.results()["summary"]["cuda_graphs"]
+    # the plain layouts replay decode graphs; FA Pool and kv_sharded decode eagerly
+    assert run.results()["summary"]["cuda_graphs"] == (layout["kind"] in ("uniform",
+                                                                          "hetero"))
