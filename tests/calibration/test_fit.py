@@ -88,3 +88,29 @@ def test_decode_overheads_recover_a_negative_per_layer_term_under_graphs():
     # without graphs the terms stay non-negative
     step_s, per_layer_s = _fit_decode(rows, split=True, graphs=False)
     assert step_s >= 0 and per_layer_s >= 0
+
+
+def test_runs_with_followers_fit_their_own_step_term(monkeypatch):
+    """One-GPU runs fit step_s / per_layer_s; TP=2 runs' decode steps then give what a
+    step with followers costs more (docs/PROFILE.md, overheads.follower_step_s)."""
+    from twinfer.calibration.replay import StepReplay
+
+    alone = [StepReplay("decode", 4, 4, k + 200e-6 - 20e-6 * layers, k, k, layers, 1, 1)
+             for layers in (8, 32) for k in (2e-3, 3e-3)]
+    crowd = [StepReplay("decode", 4, 4, k + 200e-6 - 20e-6 * 32 + 350e-6, k, k, 32, 1, 2)
+             for k in (1.5e-3, 2.5e-3)]
+    import twinfer.calibration.overheads as ov
+    from twinfer.sim.profile import load_profile
+
+    docs = [{"rows": alone, "summary": {"cuda_graphs": True}, "ranks": []},
+            {"rows": crowd, "summary": {"cuda_graphs": True}, "ranks": []}]
+    monkeypatch.setattr(ov, "replay", lambda doc, profile: doc["rows"])
+    fit = ov.fit_overheads(docs, load_profile("h200-sxm"))
+    assert fit.step_s == pytest.approx(200e-6) and fit.per_layer_s == pytest.approx(-20e-6)
+    assert fit.follower_step_s == pytest.approx(350e-6) and fit.follower_steps == 2
+    assert "follower_step_s 350.0 us (2 decode steps with followers)" in fit.note(["x"])
+    profile = ov.apply_overheads({"notes": []}, fit, ["x"])
+    assert profile["overheads"]["follower_step_s"] == pytest.approx(350e-6)
+    # runs with followers alone: everything goes to step_s, as before
+    alone_fit = ov.fit_overheads(docs[1:], load_profile("h200-sxm"))
+    assert alone_fit.follower_steps == 0 and alone_fit.steps == 2

@@ -167,3 +167,17 @@ def test_decode_step_of_one_sequence_is_its_weight_read(toy_profile):
                + model.vocab * model.hidden) * 2
     assert comm == 0.0
     assert weights / 1e12 <= t <= 1.005 * weights / 1e12
+
+
+def test_follower_step_overhead_goes_to_a_driver_with_followers(toy_profile):
+    over = {"step_s": 200e-6, "follower_step_s": 300e-6}
+    c = CostModel(make_profile(overheads=over), "bf16")
+    m = model_preset("llama-3-8b")
+
+    def fixed(tp, layers, first, last):
+        return StageCost(StageSpec(m, tp, layers, "nvlink", first, last), c).fixed_s
+
+    assert fixed(1, 32, True, True) == approx(200e-6)  # alone: no followers
+    assert fixed(2, 32, True, True) == approx(500e-6)  # TP peers wait for the plan
+    assert fixed(1, 16, False, True) == approx(500e-6)  # PP: the driver, stage 0 follows
+    assert fixed(1, 16, True, False) == approx(0.0)  # a follower stage pays none of it

@@ -7,9 +7,11 @@ pyyaml; rich is optional):
 1. **calibrate** the visible device (collectives when two or more GPUs are visible)
    into ``OUT/profiles/<name>.json`` and ``OUT/plots/<name>.png`` (resumable);
 2. **overheads**: two short TP=1 executor runs of the model with a quarter and all of
-   its layers (``OUT/overheads/``), whose step timelines fit ``overheads.step_s`` and
-   ``per_layer_s`` into the profile (``calibrate --from-exec``) - runs outside the
-   validation matrix, so the matrix is not fitted to itself;
+   its layers, and with two GPUs and TP=2 in ``--layouts`` a TP=2 run
+   (``OUT/overheads/``), whose step timelines fit ``overheads.step_s``,
+   ``per_layer_s`` and ``follower_step_s`` into the profile (``calibrate
+   --from-exec``) - runs outside the validation matrix, so the matrix is not fitted to
+   itself;
 3. **matrix**: {TP=1, TP=2, PP=2 where the GPUs allow} x batch {1, 16, 64} x context
    {512, 4K, 32K} with random bf16 weights, ``--output-tokens`` each, every request
    arriving at once; a point whose KV cache the twin's memory plan cannot hold for
@@ -202,9 +204,12 @@ def stage_overheads(cfg: CampaignConfig, runner: Runner, profile: tuple) -> None
 
     path, name, link = profile
     layers = model_preset(cfg.model).layers
+    runs = [("tp1", count) for count in sorted({max(1, layers // 4), layers})]
+    if "tp2" in cfg.layouts and _device_count(cfg.device) >= 2:
+        runs.append(("tp2", layers))  # a driver with a follower: follower_step_s
     results = []
-    for count in sorted({max(1, layers // 4), layers}):
-        doc = matrix_scenario(cfg, name, link, ("tp1", 4, 256, count))
+    for layout, count in runs:
+        doc = matrix_scenario(cfg, name, link, (layout, 4, 256, count))
         out = cfg.out / "overheads" / f"{doc['name']}.json"
         if runner.run(doc, out):
             results.append(out)

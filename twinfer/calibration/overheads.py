@@ -8,6 +8,12 @@ default, and its users report large errors against real engines). The twin charg
 prefill step on a pipeline's last stage (the driver's), and ``overheads.per_layer_s`` per layer on
 every stage (``twinfer.sim.stage``).
 
+Runs with followers (TP > 1) cost the driver more per step: the plan's trip to the
+other ranks and their launch come before the step's collectives can run (0.43-0.65 ms
+on two H200s against 0.19 ms on one). Given one-GPU runs too, the fit takes
+``step_s`` and ``per_layer_s`` from those alone and ``overheads.follower_step_s`` as
+the mean of what the runs with followers' decode steps leave over them.
+
 ``fit_overheads`` replays every step of one or more one-stage executor runs through
 the cost model with the overheads left out (``replay``) and fits the rest,
 ``measured - kernels``, per phase, because the two phases run differently: decode
@@ -59,6 +65,8 @@ class OverheadFit:
     comm_share: float  # measured communication share of the ranks' step time
     prefill_step_s: float | None = None  # None: no prefill steps to fit
     prefill_steps: int = 0
+    follower_step_s: float = 0.0  # from runs with followers, over the one-GPU step_s
+    follower_steps: int = 0
 
     def note(self, sources: list[str]) -> str:
         split = ("" if len(self.layer_counts) > 1 else
@@ -66,6 +74,9 @@ class OverheadFit:
         prefill = ("" if self.prefill_step_s is None else
                    f", prefill_step_s {self.prefill_step_s * 1e6:.1f} us "
                    f"({self.prefill_steps} prefill steps)")
+        if self.follower_steps:
+            prefill += (f", follower_step_s {self.follower_step_s * 1e6:.1f} us "
+                        f"({self.follower_steps} decode steps with followers)")
         return (f"overheads fitted from {self.steps} executor steps of "
                 f"{', '.join(sources)} (layers {list(self.layer_counts)}, CUDA graphs "
                 f"{self.cuda_graphs}): step_s "
@@ -109,9 +120,20 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
         raise SpecError("--from-exec", "no one-stage executor steps to fit overheads to",
                         "give results of runs without pipeline stages (pp=1)")
     graphs = all(doc["summary"].get("cuda_graphs") for doc in docs)
+    # one-GPU runs fit the driver's own terms; runs with followers (TP > 1), when there
+    # are both, then fit what a step costs more with followers. Alone, they fit it all.
+    alone = [r for r in rows if r.gpus == 1]
+    crowd = [r for r in rows if r.gpus > 1 and r.phase == "decode"]
+    with_followers = bool(alone and crowd)
+    if with_followers:
+        rows = alone
     counts = tuple(sorted({r.layers for r in rows}))
     decode = [r for r in rows if r.phase == "decode"] or rows
     step_s, per_layer_s = _fit_decode(decode, len(counts) > 1, graphs)
+    follower_step_s = 0.0
+    if with_followers:
+        follower_step_s = max(0.0, float(np.mean(
+            [r.measured_s - r.kernels_s - per_layer_s * r.layers - step_s for r in crowd])))
     prefill = [r for r in rows if r.phase == "prefill"]
     prefill_step_s = None
     if prefill and decode is not rows:
@@ -122,7 +144,8 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
                 else step_s) for r in rows]
     rms = float(np.sqrt(np.mean(np.square(resid))))
     return OverheadFit(step_s, per_layer_s, rms, len(rows), counts, bool(graphs),
-                       _comm_share(docs), prefill_step_s, len(prefill))
+                       _comm_share(docs), prefill_step_s, len(prefill), follower_step_s,
+                       len(crowd) if with_followers else 0)
 
 
 def _fit_decode(rows: list[StepReplay], split: bool, graphs: bool) -> tuple[float, float]:
@@ -152,6 +175,8 @@ def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict
                         "cuda_graphs": fit.cuda_graphs, "comm_overlap": 0.0}
     if fit.prefill_step_s is not None:
         out["overheads"]["prefill_step_s"] = fit.prefill_step_s
+    if fit.follower_steps:
+        out["overheads"]["follower_step_s"] = fit.follower_step_s
     out["notes"] = [n for n in out.get("notes", []) if not n.startswith("overheads ")]
     out["notes"].append(fit.note(sources))
     return out

@@ -38,8 +38,9 @@ class StepReplay:
     predicted_s: float  # the twin's time, the profile's overheads included
     kernels_s: float  # the same without the fixed overheads (step_s or
     # prefill_step_s, per_layer_s)
-    layers: int  # layers of the pipeline's first stage (where step_s is charged)
+    layers: int  # layers of the pipeline's first stage
     stages: int
+    gpus: int = 1  # GPUs of the pipeline: more than one means a driver with followers
 
 
 def check_results(doc: object, where: str = "results") -> dict:
@@ -107,7 +108,8 @@ def replay(doc: dict, profile: Profile | None = None) -> list[StepReplay]:
         predicted = sum(times) + sum(hops)
         out.append(StepReplay(step["phase"], int(step["batch"]), int(step["tokens"]),
                               measured_s, predicted, predicted - fixed,
-                              pipe.stages[0].spec.num_layers, len(pipe.stages)))
+                              pipe.stages[0].spec.num_layers, len(pipe.stages),
+                              sum(len(g) for g in pipe.gpus)))
     return out
 
 

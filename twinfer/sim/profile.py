@@ -175,6 +175,9 @@ class Overheads(_Strict):
     prefill_step_s: float | None = Field(None, ge=0, description="the same per prefill step "
                                          "(None: step_s)")
     per_layer_s: float = Field(0.0, description="launch time per layer per step")
+    follower_step_s: float = Field(0.0, ge=0, description="more host time per step when "
+                                   "the driver has followers (TP > 1 or PP > 1): the plan's "
+                                   "trip to them and their launch")
     cuda_graphs: bool = False
     comm_overlap: float = Field(0.0, ge=0, le=1, description="share of TP collectives hidden")
 
@@ -185,13 +188,17 @@ class Overheads(_Strict):
                              "the sweeps' launch-bound kernel floor)")
         return self
 
-    def fixed_s(self, layers: int, driver: bool, prefill: bool) -> float:
-        """The overhead a stage of ``layers`` layers adds to one step; the step term goes
+    def fixed_s(self, layers: int, driver: bool, prefill: bool,
+                followers: bool = False) -> float:
+        """The overhead a stage of ``layers`` layers adds to one step; the step terms go
         to the stage whose leader drives the pipeline (the executor's last stage: it
-        samples, schedules and sends the next plan while its GPU waits)."""
+        samples, schedules and sends the next plan while its GPU waits), the follower
+        term when other GPUs must get that plan before the step can run."""
         step = self.step_s
         if prefill and self.prefill_step_s is not None:
             step = self.prefill_step_s
+        if followers:
+            step += self.follower_step_s
         return self.per_layer_s * layers + (step if driver else 0.0)
 
 

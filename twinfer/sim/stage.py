@@ -63,9 +63,11 @@ class StageCost:
         self.cost = cost
         self.shard = ShardShape.of(spec.model, spec.tp)
         overheads = cost.profile.overheads
-        # the host's per-step work is the driver's: the last stage's leader
-        self.fixed_s = overheads.fixed_s(spec.num_layers, spec.last, prefill=False)
-        self.prefill_fixed_s = overheads.fixed_s(spec.num_layers, spec.last, prefill=True)
+        # the host's per-step work is the driver's: the last stage's leader, whose
+        # followers are its TP peers and the earlier stages' GPUs
+        followers = spec.tp > 1 or not spec.first
+        self.fixed_s = overheads.fixed_s(spec.num_layers, spec.last, False, followers)
+        self.prefill_fixed_s = overheads.fixed_s(spec.num_layers, spec.last, True, followers)
         self.comm_kept = 1.0 - overheads.comm_overlap
         self.graphs = overheads.cuda_graphs
         self._dense: dict[tuple[int, bool], tuple[float, float]] = {}
