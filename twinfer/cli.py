@@ -78,7 +78,8 @@ def calibrate(
                             "twinfer/calibration/profiles/<name>.json)"),
     quick: bool = typer.Option(False, "--quick", help="fewer points (a CPU run: < 60 s)"),
     ops: str = typer.Option("gemm,decode_attention,prefill_attention,elementwise,collectives",
-                            "--ops", help="comma-separated sweeps to run"),
+                            "--ops", help="comma-separated sweeps to run; a single "
+                            "collective (all_reduce, ...) measures only that one"),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto"),
     name: str = typer.Option("", "--name", help="profile name (default from the device)"),
     time_budget_s: float = typer.Option(0.0, "--time-budget-s",
