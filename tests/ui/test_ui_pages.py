@@ -190,6 +190,27 @@ def test_calibration_shows_samples_and_fits_of_every_op(profiles_dir):
     assert dict(zip(table["field"], table["value"], strict=True))["source"] == "measured"
 
 
+def test_calibration_shows_sustained_throughput_and_graph_replayed_collectives():
+    """The shipped H200 profile: its sustained-GEMM trace on the overview, and the
+    all-reduce replayed from a CUDA graph next to the eager samples."""
+    from twinfer.sim.profile import load_profile
+    from twinfer.ui import profile_curves as pc
+
+    at = AppTest.from_function(calibration_page, default_timeout=TIMEOUT_S).run()
+    at.sidebar.selectbox(key="ca_profile").set_value("h200-sxm (shipped)").run()
+    no_failures(at)
+    assert len(at.get("plotly_chart")) == 6  # + the sustained trace
+    table = at.table[0].value
+    rows = dict(zip(table["field"], table["value"], strict=True))
+    profile = load_profile("h200-sxm")
+    assert rows["sustained matmul"] == f"{profile.peaks.sustained_matmul_fraction:.3f} of the peak"
+    fig = pc.collective_figure(profile, "nvlink")
+    replayed = [t for t in fig.data if "CUDA graph" in (t.name or "")]
+    graph = profile.collectives["nvlink"]["all_reduce"]["2"].graph_samples
+    assert len(replayed) == 1 and len(replayed[0].x) == len(graph)
+    assert pc.sustained_figure(load_profile("a100-sxm-80g")) is None  # none measured
+
+
 def test_calibration_datasheet_profile_says_so():
     at = AppTest.from_function(calibration_page, default_timeout=TIMEOUT_S).run()
     at.sidebar.selectbox(key="ca_profile").set_value("a100-sxm-80g (shipped)").run()

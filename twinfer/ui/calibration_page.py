@@ -45,6 +45,12 @@ def _overview(profile: Profile) -> None:
         st.warning(note, icon="⚠️")
     st.table({"field": [r[0] for r in pc.summary_rows(profile)],
               "value": [r[1] for r in pc.summary_rows(profile)]})
+    sustained = pc.sustained_figure(profile)
+    if sustained is not None:
+        st.plotly_chart(sustained, key="ca_sustained")
+        st.caption("The GPU lowers its clocks at its power limit: GEMMs and prefill "
+                   "attention are slowed by this fraction in proportion to how "
+                   "compute-bound they are (docs/PROFILE.md).")
     if profile.notes:
         st.markdown("\n".join(f"- {n}" for n in profile.notes))
 
@@ -85,7 +91,9 @@ def _collectives(profile: Profile) -> None:
     link = st.radio("Link", links, horizontal=True, key="ca_link")
     st.plotly_chart(pc.collective_figure(profile, link), key="ca_coll")
     st.caption("Markers: measured; lines: the fitted alpha-beta model (solid: 2 ranks, "
-               "dashed: 4, dotted: 8). Beyond the measured sizes the twin follows the line.")
+               "dashed: 4, dotted: 8). Beyond the measured sizes the twin follows the line. "
+               "Open markers: the all-reduce replayed from a CUDA graph, which the twin "
+               "uses for graph-replayed decode steps.")
 
 
 def render() -> None:

@@ -145,8 +145,41 @@ def collective_figure(profile: Profile, link: str) -> go.Figure:
             line_t = [fit.alpha_s + x / fit.bytes_per_s for x in line_x]
             label = (f"{op} x{ranks}: {fit.alpha_s * US:.1f} µs + "
                      f"{fit.bytes_per_s / 1e9:.0f} GB/s")
-            _pair(fig, label, PALETTE[i % len(PALETTE)], xs if pts else [],
+            color = PALETTE[i % len(PALETTE)]
+            _pair(fig, label, color, xs if pts else [],
                   [s.time_s for s in pts], line_x, line_t, DASH.get(ranks, "dashdot"))
+            graph = sorted(fit.graph_samples, key=lambda s: s.bytes)
+            if graph:
+                name = f"{op} x{ranks}: replayed from a CUDA graph"
+                fig.add_scatter(x=[s.bytes for s in graph], y=[s.time_s * US for s in graph],
+                                mode="markers+lines", name=name,
+                                marker=dict(color=color, size=8, symbol="circle-open"),
+                                line=dict(color=color, width=1, dash="dot"),
+                                hovertemplate=name + "<br>%{x:.4g}: %{y:.4g} µs<extra></extra>")
+    return fig
+
+
+def sustained_figure(profile: Profile) -> go.Figure | None:
+    """The square GEMM run back to back: TFLOP/s per window against the burst peak and
+    the sustained fraction the cost model applies (None: not measured)."""
+    peaks = profile.peaks
+    if not peaks.sustained_samples:
+        return None
+    fig = go.Figure()
+    fig.add_scatter(x=[s.t_s for s in peaks.sustained_samples],
+                    y=[s.flops_per_s / 1e12 for s in peaks.sustained_samples],
+                    mode="lines+markers", name="8192³ GEMM, 50 ms windows",
+                    marker=dict(size=4, color=PALETTE[0]))
+    burst = max(peaks.matmul_flops_per_s.values(), default=0.0) / 1e12
+    if burst:
+        fig.add_hline(y=burst, line_dash="dash", line_color="gray",
+                      annotation_text=f"burst peak {burst:.0f} TFLOP/s")
+        fig.add_hline(y=burst * peaks.sustained_matmul_fraction, line_dash="dot",
+                      line_color=PALETTE[1],
+                      annotation_text=f"sustained {peaks.sustained_matmul_fraction:.3f}")
+    fig.update_layout(title="sustained tensor-core throughput", height=360,
+                      margin=dict(l=10, r=10, t=60, b=10),
+                      xaxis_title="seconds of back-to-back GEMMs", yaxis_title="TFLOP/s")
     return fig
 
 
@@ -171,8 +204,11 @@ def summary_rows(profile: Profile) -> list[tuple[str, str]]:
         ("date", dev.date or "undated"), ("host", dev.host or "-"),
         ("copy peak", f"{profile.peaks.copy_bytes_per_s / 1e12:.2f} TB/s"),
         ("matmul peaks", peaks or "-"),
+        ("sustained matmul", f"{profile.peaks.sustained_matmul_fraction:.3f} of the peak"
+                             + ("" if profile.peaks.sustained_samples else " (not measured)")),
         ("overheads", f"step {over.step_s * US:.1f} µs, per layer {over.per_layer_s * US:.2f} "
-                      f"µs, CUDA graphs {over.cuda_graphs}, comm overlap {over.comm_overlap:.0%}"),
+                      f"µs, with followers +{over.follower_step_s * US:.1f} µs, CUDA graphs "
+                      f"{over.cuda_graphs}, comm overlap {over.comm_overlap:.0%}"),
         ("memory", f"workspace {profile.memory.workspace_bytes / (1 << 30):.2f} GiB, "
                    f"activations {profile.memory.activation_bytes_per_token} B/token"),
         ("samples", f"{counts}; collectives {colls}"),
