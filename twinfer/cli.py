@@ -256,13 +256,14 @@ def compare(
     from twinfer.sim.profile import load_profile
 
     found = []
+    prof = load_profile(profile) if profile else None
     for path in cmp.results_paths(results):
-        c = cmp.compare_file(path, profile)
+        doc = cmp.load_results(path)
+        c = cmp.compare(doc, prof, str(path))
         found.append(c)
         console.print(cmp.comparison_table(c))
         if steps:
-            doc = cmp.load_results(path)
-            groups = cmp.step_groups(doc, load_profile(profile) if profile else None)
+            groups = cmp.step_groups(doc, prof)
             console.print(cmp.steps_table(groups, f"{c.scenario}: steps by composition"))
     if json_out:
         docs = [c.to_dict() for c in found]

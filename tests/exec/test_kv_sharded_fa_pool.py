@@ -5,36 +5,22 @@ over a batch of unequal prompts whose KV spans several pages (as B's layout test
 from __future__ import annotations
 
 import pytest
+from exec_scenarios import run_against_reference, tiny_scenario
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 
-def scenario(name: str, layout: dict, gpus: int, kv_heads: int, seed: int,
-             prompts: tuple[int, int] = (3, 14)) -> dict:
-    return {
-        "name": name,
-        "model": {"preset": "tiny-gqa", "kv_heads": kv_heads},
-        "cluster": {"nodes": [{"name": "n0", "gpu": "cpu", "count": gpus,
-                               "intra_link": "shm"}]},
-        "layout": layout,
-        "workload": {"requests": 4, "prompt_tokens": {"dist": "uniform", "min": prompts[0],
-                                                      "max": prompts[1]},
-                     "output_tokens": 5, "seed": seed},
-        "scheduler": {"kv_block_tokens": 4},
-    }
-
-
 LAYOUTS = {
-    "kv_sharded_allgather": scenario(
+    "kv_sharded_allgather": tiny_scenario(
         "kvs_ag", {"kind": "kv_sharded", "tp": 2, "comm": "allgather"}, 2, 2, 5),
-    "kv_sharded_mpi_kv_replicated": scenario(
+    "kv_sharded_mpi_kv_replicated": tiny_scenario(
         "kvs_mpi", {"kind": "kv_sharded", "tp": 2, "comm": "mpi"}, 2, 1, 6),
     # prompts of 3..14 tokens: those above 6 go to the pool, striped over p = 2 ranks
     # (or 1 for 7..6); the others stay on the base: every step mixes both
-    "fa_pool_base1_pool2": scenario(
+    "fa_pool_base1_pool2": tiny_scenario(
         "fap12", {"kind": "fa_pool", "base": {"tp": 1, "gpus": [0]}, "pool_gpus": [1, 2],
                   "threshold_tokens": 6, "policy": "per_threshold"}, 3, 2, 7),
-    "fa_pool_tp2_pool1": scenario(
+    "fa_pool_tp2_pool1": tiny_scenario(
         "fap21", {"kind": "fa_pool", "base": {"tp": 2, "gpus": [0, 1]}, "pool_gpus": [2],
                   "threshold_tokens": 8, "policy": "all"}, 3, 2, 8),
 }
@@ -43,13 +29,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_single_process_reference(name, exec_run, check_reference):
     sc = LAYOUTS[name]
-    run = exec_run(sc)
-    proc = run.run()
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    check_reference(sc, run.logits())
-    doc = run.results()
-    assert doc["layout"]["kind"] == sc["layout"]["kind"]
-    assert doc["summary"]["requests"] == 4 and doc["summary"]["output_tokens"] == 20
+    doc = run_against_reference(exec_run, check_reference, sc)
     if sc["layout"]["kind"] == "kv_sharded":
         # every rank's pages hold all KV heads (of the tokens it owns), not a TP share:
         # 2 (K, V) x 4 layers x 4 tokens x kv_heads x 16 dims x 4 bytes

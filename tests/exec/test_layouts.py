@@ -10,47 +10,28 @@ replicate the KV heads.
 from __future__ import annotations
 
 import pytest
+from exec_scenarios import run_against_reference, tiny_scenario
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 
-def scenario(name: str, layout: dict, gpus: int, kv_heads: int, seed: int) -> dict:
-    return {
-        "name": name,
-        "model": {"preset": "tiny-gqa", "kv_heads": kv_heads},
-        "cluster": {"nodes": [{"name": "n0", "gpu": "cpu", "count": gpus,
-                               "intra_link": "shm"}]},
-        "layout": layout,
-        "workload": {"requests": 4, "prompt_tokens": {"dist": "uniform", "min": 3, "max": 14},
-                     "output_tokens": 5, "seed": seed},
-        "scheduler": {"kv_block_tokens": 4},
-    }
-
-
 LAYOUTS = {
     # tp=2 > kv_heads=1: both ranks hold a replica of the one KV head
-    "tp2_kv_replicated": scenario("tp2", {"kind": "uniform", "tp": 2}, 2, 1, 1),
-    "pp2": scenario("pp2", {"kind": "uniform", "pp": 2}, 2, 2, 2),
-    "tp2_pp2": scenario("tp2pp2", {"kind": "uniform", "tp": 2, "pp": 2}, 4, 2, 3),
-    "hetero_tp2_tp1": scenario("hetero", {"kind": "hetero", "pipelines": [{"stages": [
+    "tp2_kv_replicated": tiny_scenario("tp2", {"kind": "uniform", "tp": 2}, 2, 1, 1),
+    "pp2": tiny_scenario("pp2", {"kind": "uniform", "pp": 2}, 2, 2, 2),
+    "tp2_pp2": tiny_scenario("tp2pp2", {"kind": "uniform", "tp": 2, "pp": 2}, 4, 2, 3),
+    "hetero_tp2_tp1": tiny_scenario("hetero", {"kind": "hetero", "pipelines": [{"stages": [
         {"gpus": [0, 1], "layers": 3}, {"gpus": [2], "layers": 1}]}]}, 3, 1, 4),
     # two independent pipelines on GPUs 1 and 2; rank 0 holds nothing and writes results
-    "replicas_rank0_idle": scenario("replicas", {"kind": "uniform", "replicas": 2,
-                                                 "gpus": [1, 2]}, 3, 2, 5),
+    "replicas_rank0_idle": tiny_scenario("replicas", {"kind": "uniform", "replicas": 2,
+                                                      "gpus": [1, 2]}, 3, 2, 5),
 }
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_single_process_reference(name, exec_run, check_reference):
     sc = LAYOUTS[name]
-    run = exec_run(sc)
-    proc = run.run()
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    check_reference(sc, run.logits())
-
-    doc = run.results()
-    assert doc["layout"]["kind"] == sc["layout"]["kind"]
-    assert doc["summary"]["requests"] == 4 and doc["summary"]["output_tokens"] == 20
+    doc = run_against_reference(exec_run, check_reference, sc)
     assert {s["phase"] for s in doc["steps"]} == {"prefill", "decode"}
     pipes = [sorted(g for st in p["stages"] for g in st["gpus"])
              for p in doc["placement"]["pipelines"]]
@@ -87,7 +68,7 @@ def test_plans_over_rendezvous_do_not_deadlock(layout, exec_run, check_reference
     """Plans far over the eager limit, sent over Open MPI's TCP transport: a follower's
     ``Recv`` completes only while the driver progresses MPI, which it does from its send
     thread while it waits in an all-reduce (this hung before the thread existed)."""
-    sc = scenario("rendezvous", layout, 2, 2, 6)
+    sc = tiny_scenario("rendezvous", layout, 2, 2, 6)
     sc["workload"] = {"requests": 24, "prompt_tokens": {"dist": "uniform", "min": 150,
                                                         "max": 300},
                       "output_tokens": 3, "seed": 6}
@@ -102,7 +83,7 @@ def test_plans_over_rendezvous_do_not_deadlock(layout, exec_run, check_reference
 
 def test_op_profile_writes_each_ranks_table(exec_run, tmp_path):
     """TWINFER_PROFILE_DIR: every rank writes its operators (torch.profiler) there."""
-    run = exec_run(scenario("prof", {"kind": "uniform", "tp": 2}, 2, 2, 7))
+    run = exec_run(tiny_scenario("prof", {"kind": "uniform", "tp": 2}, 2, 2, 7))
     proc = run.run(env={"TWINFER_PROFILE_DIR": str(tmp_path / "prof")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):

@@ -180,7 +180,7 @@ class Session:
         import torch
         import torch.distributed as dist
 
-        from twinfer.exec.control import poll_barrier
+        from twinfer.exec.control import CPU_POLL_S, poll_barrier
 
         release = getattr(self.engine, "release_graphs", None)
         if release is not None:
@@ -188,7 +188,7 @@ class Session:
         gc.collect()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()
-        poll_barrier(self.world, 0.0 if torch.cuda.is_available() else 2e-4)
+        poll_barrier(self.world, 0.0 if self.device.type == "cuda" else CPU_POLL_S)
         if not dist.is_initialized():
             return
         teardown = dist.destroy_process_group
