@@ -99,3 +99,22 @@ def test_two_gpus_match_the_reference(layout, exec_run, check_reference):
     # the plain layouts replay decode graphs; FA Pool and kv_sharded decode eagerly
     assert run.results()["summary"]["cuda_graphs"] == (layout["kind"] in ("uniform",
                                                                           "hetero"))
+    if layout.get("tp") == 2:  # the TP all-reduces went through symmetric memory
+        ranks = run.results()["ranks"]
+        assert all("one-shot" in r["tp_all_reduce"] for r in ranks), ranks
+
+
+@pytest.mark.mpi
+@pytest.mark.multigpu
+def test_one_shot_all_reduce_matches_nccl_eager_and_in_graphs(mpiexec):
+    """The symmetric-memory path against NCCL at 16 B-1 MiB, and 64 chained calls
+    captured in a CUDA graph and replayed with fresh inputs (buffer reuse)."""
+    import subprocess
+    import sys
+
+    binary, env = mpiexec
+    proc = subprocess.run([binary, "-np", "2", sys.executable, "-m",
+                           "twinfer.exec.symm_allreduce"], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "PASS" in proc.stdout

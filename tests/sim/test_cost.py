@@ -96,6 +96,34 @@ def test_graphed_collectives_use_the_graph_replayed_samples_in_their_range():
     assert with_graphs.step(prefill)[1] == approx(eager_only.step(prefill)[1])
 
 
+
+def test_all_reduces_up_to_the_one_shot_range_are_priced_as_the_executor_sends_them():
+    """The executor sends all-reduces up to the largest size its one-shot symmetric-memory
+    kernel was calibrated at through that kernel, the rest through NCCL."""
+    eager = [{"bytes": b, "time_s": 25e-6 + b / 300e9} for b in (4096, 65536, 1 << 20, 16 << 20)]
+    graph = [{"bytes": b, "time_s": 8e-6 + b / 300e9} for b in (4096, 65536, 1 << 20)]
+    oneshot = [{"bytes": b, "time_s": 6e-6 + b / 200e9} for b in (4096, 65536, 262144)]
+    oneshot_graph = [{"bytes": b, "time_s": 3e-6 + b / 200e9} for b in (4096, 65536, 262144)]
+    coll = {"nvlink": {"all_reduce": {"2": {
+        "alpha_s": 25e-6, "bytes_per_s": 300e9, "samples": eager, "graph_samples": graph,
+        "oneshot_samples": oneshot, "oneshot_graph_samples": oneshot_graph}}}}
+    c = CostModel(make_profile(collectives=coll), "bf16")
+    assert c.collective_s("all_reduce", 65536, 2, "nvlink", graphed=True) == approx(
+        3e-6 + 65536 / 200e9)
+    assert c.collective_s("all_reduce", 65536, 2, "nvlink") == approx(6e-6 + 65536 / 200e9)
+    # above the one-shot range: NCCL, replayed or eager
+    assert c.collective_s("all_reduce", 1 << 20, 2, "nvlink", graphed=True) == approx(
+        8e-6 + (1 << 20) / 300e9)
+    assert c.collective_s("all_reduce", 16 << 20, 2, "nvlink") == approx(
+        25e-6 + (16 << 20) / 300e9)
+    assert "one-shot symm-mem" in "\n".join(c.provenance.lines())
+    # other collectives never take the one-shot samples
+    coll["nvlink"]["all_gather"] = {"2": {"alpha_s": 20e-6, "bytes_per_s": 300e9,
+                                          "samples": eager}}
+    c = CostModel(make_profile(collectives=coll), "bf16")
+    assert c.collective_s("all_gather", 65536, 2, "nvlink") == approx(
+        25e-6 + 65536 / 300e9)
+
 def roofline_shape(m, n, k, bw):
     return max(2 * m * n * k / 100e12, (m * k + k * n + m * n) * 2 / bw)
 

@@ -105,6 +105,11 @@ def _collectives(ax, link: str, ops: dict) -> None:
                 ax.plot([s["bytes"] for s in graph], [s["time_s"] * 1e6 for s in graph],
                         "o", ms=4, mfc="none", color=color,
                         label=f"{op} x{ranks}, CUDA-graph replay")
+            oneshot = sorted(fit.get("oneshot_graph_samples", []), key=lambda s: s["bytes"])
+            if oneshot:
+                ax.plot([s["bytes"] for s in oneshot], [s["time_s"] * 1e6 for s in oneshot],
+                        "^", ms=4, mfc="none", color=color,
+                        label=f"{op} x{ranks}, one-shot symm-mem, graph replay")
     ax.set(xscale="log", yscale="log", xlabel="bytes per rank", ylabel="time (us)",
            title=f"collectives over {link}: samples and alpha-beta fits")
     ax.legend(fontsize=5)

@@ -88,7 +88,8 @@ def _collectives(groups: list[dict]) -> dict:
         out.setdefault(g["link"], {}).setdefault(g["op"], {})[str(g["ranks"])] = {
             "alpha_s": ab.alpha_s, "bytes_per_s": ab.bytes_per_s, "samples": samples,
             "residual_rel": round(ab.residual_rel, 5),
-            **({"graph_samples": g["graph_samples"]} if g.get("graph_samples") else {})}
+            **{k: g[k] for k in ("graph_samples", "oneshot_samples", "oneshot_graph_samples")
+               if g.get(k)}}
     return out
 
 

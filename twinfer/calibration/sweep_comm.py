@@ -200,6 +200,32 @@ def time_graphed(comm, fn, dev: torch.device, quick: bool) -> float:
     return statistics.median(per_replay)
 
 
+def _time_oneshot(comm, group, dev: torch.device, job: CommJob) -> dict[str, list[dict]]:
+    """The executor's one-shot symmetric-memory all-reduce (`twinfer.exec.symm_allreduce`)
+    at the job's sizes up to its ``MAX_BYTES``, eager and replayed from a graph; empty
+    where the group cannot take it (CPU, no symm_mem ops). Collective over ``comm``."""
+    from twinfer.exec.symm_allreduce import SymmAllReduce, why_unavailable
+
+    if why_unavailable(group, dev) is not None:
+        return {"eager": [], "graph": []}
+    dtype = torch.bfloat16
+    path = SymmAllReduce(group, dev, dtype)
+    eager, graph = [], []
+    for nbytes in job.sizes_bytes:
+        if nbytes > path.max_bytes:
+            continue
+        x = torch.zeros(nbytes // dtype.itemsize, dtype=dtype, device=dev)
+        if not path.fits(x):
+            continue
+
+        def fn(x: torch.Tensor = x) -> torch.Tensor:
+            return path(x)
+
+        eager.append({"bytes": nbytes, "time_s": time_collective(comm, fn, dev, job.quick)})
+        graph.append({"bytes": nbytes, "time_s": time_graphed(comm, fn, dev, job.quick)})
+    return {"eager": eager, "graph": graph}
+
+
 def run_job(job: CommJob) -> None:
     """Every rank runs this; rank 0 records the groups."""
     from mpi4py import MPI
@@ -216,7 +242,7 @@ def run_job(job: CommJob) -> None:
             key = group_key(op, ranks, job.link_kind)
             if key in done or (op == "send_recv" and ranks != 2):
                 continue
-            samples, graph_samples = [], []
+            samples, graph_samples, oneshot = [], [], {"eager": [], "graph": []}
             if rank < ranks:
                 sub = comm.Split(0)
                 for nbytes in job.sizes_bytes:
@@ -227,13 +253,18 @@ def run_job(job: CommJob) -> None:
                     if op == "all_reduce" and dev.type == "cuda" and nbytes <= GRAPH_MAX_BYTES:
                         graph_samples.append({"bytes": nbytes,
                                               "time_s": time_graphed(sub, fn, dev, job.quick)})
+                if op == "all_reduce":
+                    oneshot = _time_oneshot(sub, group, dev, job)
                 sub.Free()
             else:
                 comm.Split(MPI.UNDEFINED)
             if rank == 0:
                 store.add(key, {"kind": "collective", "link": job.link_kind, "op": op,
                                 "ranks": ranks, "samples": samples,
-                                **({"graph_samples": graph_samples} if graph_samples else {})})
+                                **({"graph_samples": graph_samples} if graph_samples else {}),
+                                **({"oneshot_samples": oneshot["eager"],
+                                    "oneshot_graph_samples": oneshot["graph"]}
+                                   if oneshot["graph"] else {})})
             comm.Barrier()
     dist.destroy_process_group()
 

@@ -35,6 +35,7 @@ from twinfer.exec.layouts import stage_comm
 from twinfer.exec.model import TORCH_DTYPES, Transformer
 from twinfer.exec.runner import StageRunner
 from twinfer.exec.scheduler import BatchingConfig, Scheduler, Sequence
+from twinfer.exec.symm_allreduce import SymmAllReduce
 from twinfer.exec.timing import StepTimer
 from twinfer.exec.tp import TPComm, part_for, shard_state
 from twinfer.exec.weights import CheckpointWeights, SeededWeights
@@ -122,8 +123,11 @@ class Engine:
         t0 = time.perf_counter()
         source = (CheckpointWeights(opts.checkpoint, spec, device, dtype) if opts.checkpoint
                   else SeededWeights(spec, opts.seed, device, dtype))
-        comm, cache_kv_heads = stage_comm(opts, spec, groups,
-                                          TPComm(groups.tp, groups.tp_size, timer), control)
+        # collective: every rank of the TP group builds (or declines) it together
+        tp_comm = TPComm(groups.tp, groups.tp_size, timer,
+                         SymmAllReduce.maybe(groups.tp, device, dtype) if groups.tp_size > 1
+                         else None)
+        comm, cache_kv_heads = stage_comm(opts, spec, groups, tp_comm, control)
         model = Transformer(spec, part, comm, device)
         model.load(shard_state(spec, part, (groups.tp_rank, groups.tp_size), source))
         model.requires_grad_(False)
@@ -160,6 +164,7 @@ class Engine:
             "kv_bytes": runner.cache.nbytes, "kv_bytes_per_page": shape.bytes_per_page,
             "kv_fraction_of_left": (runner.cache.nbytes / left) if left else None,
             "layers": [part.layers.start, part.layers.stop],
+            "tp_all_reduce": tp_comm.describe(),
             "heads": part.heads, "kv_heads": part.kv_heads, "ffn": part.ffn,
         }
         engine = cls(runner, control, sched, opts, num_blocks)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from twinfer.exec.model import Part
+from twinfer.exec.symm_allreduce import SymmAllReduce
 from twinfer.exec.timing import StepTimer
 from twinfer.exec.weights import WeightSource
 from twinfer.spec import ModelSpec, StagePlan
@@ -110,15 +111,26 @@ def shard_state(spec: ModelSpec, part: Part, tp: tuple[int, int],
 class TPComm:
     """The collectives of one TP group, each timed as communication."""
 
-    def __init__(self, group: dist.ProcessGroup | None, size: int, timer: StepTimer) -> None:
+    def __init__(self, group: dist.ProcessGroup | None, size: int, timer: StepTimer,
+                 oneshot: SymmAllReduce | None = None) -> None:
         self.group, self.size, self.timer = group, size, timer
+        self.oneshot = oneshot
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum the row-parallel partial outputs, in place. x: [tokens, hidden]."""
+        """Sum the row-parallel partial outputs. x: [tokens, hidden]. Small messages go
+        through the one-shot symmetric-memory kernel when the group has it (a new
+        tensor), the rest through NCCL in place."""
         if self.size > 1:
             with self.timer.comm():
+                if self.oneshot is not None and self.oneshot.fits(x):
+                    return self.oneshot(x)
                 dist.all_reduce(x, group=self.group)
         return x
+
+    def describe(self) -> str:
+        if self.size == 1:
+            return "none (one GPU per stage)"
+        return self.oneshot.describe() if self.oneshot else "NCCL"
 
     def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         """[rows, vocab_rows] per rank -> [rows, size * vocab_rows], rank order."""

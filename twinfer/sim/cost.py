@@ -310,7 +310,10 @@ class CostModel:
                                  f"{override.bw_gbps:g} GB/s, {override.latency_us:g} us "
                                  "(ring algorithm)")
         else:
-            t = self._graphed_collective(op, nbytes, ranks, link) if graphed else None
+            t = self._oneshot_all_reduce(nbytes, ranks, link, graphed) \
+                if op == "all_reduce" else None
+            if t is None and graphed:
+                t = self._graphed_collective(op, nbytes, ranks, link)
             if t is None:
                 t = self._profile_collective(op, nbytes, ranks, link)
         self._cache[key] = t
@@ -330,6 +333,28 @@ class CostModel:
         t, _ = series.at(nbytes)
         self.provenance.note(("coll", "graph", label), f"{label}: interpolated over "
                              f"{len(series)} graph-replayed sizes up to {series.hi:g} B")
+        return t
+
+    def _oneshot_all_reduce(self, nbytes: float, ranks: int, link: str,
+                            graphed: bool) -> float | None:
+        """The executor's one-shot symmetric-memory all-reduce, which it uses for every
+        message up to the largest size the calibration timed it at (profile fields
+        ``oneshot_samples`` / ``oneshot_graph_samples``); None where the profile has no
+        such samples or the message is larger."""
+        fit = self.profile.collective(link, "all_reduce", ranks)
+        if fit is None:
+            return None
+        samples = fit.oneshot_graph_samples if graphed else fit.oneshot_samples
+        if not samples:
+            return None
+        how = "CUDA graph" if graphed else "eager"
+        label = f"{self.name} all_reduce {link} ranks={ranks} (one-shot symm-mem, {how})"
+        series = self._collective_series(samples, label)
+        if nbytes > series.hi:
+            return None
+        t, _ = series.at(nbytes)
+        self.provenance.note(("coll", "oneshot", label), f"{label}: interpolated over "
+                             f"{len(series)} sizes up to {series.hi:g} B")
         return t
 
     def check_link(self, link: str) -> None:

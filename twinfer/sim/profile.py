@@ -160,6 +160,12 @@ class CollectiveFit(_Strict):
     graph_samples: list[CollectiveSample] = Field(
         default_factory=list, description="the op replayed from a CUDA graph (small "
         "messages, as decode steps run it): no host launch per op")
+    oneshot_samples: list[CollectiveSample] = Field(
+        default_factory=list, description="all_reduce only: the executor's one-shot "
+        "symmetric-memory kernel (twinfer.exec.symm_allreduce), eager, up to the largest "
+        "size it takes; the executor uses it for every message up to that size")
+    oneshot_graph_samples: list[CollectiveSample] = Field(
+        default_factory=list, description="the same kernel replayed from a CUDA graph")
     fallback: str | None = Field(None, description="not measured: where the line comes "
                                  "from (a datasheet figure, another profile's alpha)")
 

@@ -131,9 +131,8 @@ class StageCost:
         layer_comm = 2 * all_reduce
         layer = 2 * norm + 2 * add + rope + kv_write + mlp_act + gemms + layer_comm
         time_s, comm_s = layer * spec.num_layers, layer_comm * spec.num_layers
-        if spec.first:  # embedding gather, all-reduced across the vocabulary shards
-            time_s += c.elementwise_s(2 * act) + all_reduce
-            comm_s += all_reduce
+        if spec.first:  # embedding gather (replicated on every TP rank: no all-reduce)
+            time_s += c.elementwise_s(2 * act)
         if spec.last:
             time_s += norm
         return time_s, comm_s

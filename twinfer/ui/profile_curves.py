@@ -148,12 +148,17 @@ def collective_figure(profile: Profile, link: str) -> go.Figure:
             color = PALETTE[i % len(PALETTE)]
             _pair(fig, label, color, xs if pts else [],
                   [s.time_s for s in pts], line_x, line_t, DASH.get(ranks, "dashdot"))
-            graph = sorted(fit.graph_samples, key=lambda s: s.bytes)
-            if graph:
-                name = f"{op} x{ranks}: replayed from a CUDA graph"
+            for series, what, symbol in (
+                    (fit.graph_samples, "replayed from a CUDA graph", "circle-open"),
+                    (fit.oneshot_graph_samples, "one-shot symm-mem, CUDA graph",
+                     "triangle-up-open")):
+                graph = sorted(series, key=lambda s: s.bytes)
+                if not graph:
+                    continue
+                name = f"{op} x{ranks}: {what}"
                 fig.add_scatter(x=[s.bytes for s in graph], y=[s.time_s * US for s in graph],
                                 mode="markers+lines", name=name,
-                                marker=dict(color=color, size=8, symbol="circle-open"),
+                                marker=dict(color=color, size=8, symbol=symbol),
                                 line=dict(color=color, width=1, dash="dot"),
                                 hovertemplate=name + "<br>%{x:.4g}: %{y:.4g} µs<extra></extra>")
     return fig
