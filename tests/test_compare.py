@@ -42,7 +42,7 @@ def _results_as_predicted() -> dict:
            "layout": SCENARIO["layout"], "options": {"arrivals": "batch"},
            "device": {"type": "cuda", "name": "fake", "count": 2}, "ranks": [],
            "summary": {"ttft_s": _stat(sim.ttft_s), "tpot_s": _stat(sim.tpot_s),
-                       "tps": sim.tps, "cuda_graphs": False},
+                       "tps": sim.tps, "cuda_graphs": True},
            "steps": steps}
     start = 0.0
     for s, r in zip(steps, replay(doc), strict=True):  # periods = the twin's step times

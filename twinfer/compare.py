@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from twinfer.calibration.overheads import load_results
-from twinfer.calibration.replay import phase_totals, replay, run_scenario
+from twinfer.calibration.replay import phase_totals, profile_for_run, replay, run_scenario
 from twinfer.sim import simulate
 from twinfer.sim.profile import Profile, load_profile
 from twinfer.spec import SpecError
@@ -93,6 +93,7 @@ def compare(doc: dict, profile: Profile | None = None, source: str = "") -> Comp
 
         profiles = resolve_profiles(scenario)
         profile = next(iter(profiles.values()))
+    profile = profile_for_run(doc, profile)
     sim = simulate(scenario, profiles=profile, kv_blocks=measured_kv_blocks(doc))
     phases = phase_totals(replay(doc, profile))
     summary = doc["summary"]

@@ -114,3 +114,44 @@ def test_runs_with_followers_fit_their_own_step_term(monkeypatch):
     # runs with followers alone: everything goes to step_s, as before
     alone_fit = ov.fit_overheads(docs[1:], load_profile("h200-sxm"))
     assert alone_fit.follower_steps == 0 and alone_fit.steps == 2
+
+
+def test_eager_runs_fit_the_host_floor_of_eager_steps(monkeypatch):
+    """Runs without CUDA graphs fit the host time per layer of eager steps (one GPU, and
+    with TP collectives); graph runs still fit the step terms, and prefill's step term
+    is fitted over the floor (docs/PROFILE.md, overheads.eager_layer_s)."""
+    from twinfer.calibration.replay import StepReplay
+
+    step_s, per_layer_s, follower_s = 200e-6, -20e-6, 350e-6
+    graph = [StepReplay("decode", 4, 4, k + step_s + per_layer_s * layers, k, k, layers, 1, 1)
+             for layers in (8, 32) for k in (2e-3, 3e-3)]
+    graph += [StepReplay("decode", 4, 4, k + step_s + per_layer_s * 32 + follower_s, k, k,
+                         32, 1, 2) for k in (1.5e-3, 2.5e-3)]
+    # a 512-token prefill on one GPU: kernels 12 ms over a 32 x 0.3 ms floor, + 4 ms
+    graph += [StepReplay("prefill", 1, 512, 12e-3 + per_layer_s * 32 + 4e-3, 0, 12e-3, 32,
+                         1, 1)]
+    # eager decode: host-bound at 0.3 ms per layer (one GPU), 0.8 ms with TP
+    eager = [StepReplay("decode", 4, 4, 32 * 0.3e-3 + step_s + per_layer_s * 32, 0, k,
+                        32, 1, 1) for k in (4e-3, 5e-3)]
+    eager += [StepReplay("decode", 4, 4, 32 * 0.8e-3 + step_s + per_layer_s * 32 + follower_s,
+                         0, k, 32, 1, 2) for k in (2e-3, 30e-3)]
+    import twinfer.calibration.overheads as ov
+    from twinfer.sim.profile import load_profile
+
+    docs = [{"rows": graph, "summary": {"cuda_graphs": True}, "ranks": []},
+            {"rows": eager, "summary": {"cuda_graphs": False}, "ranks": []}]
+    monkeypatch.setattr(ov, "replay", lambda doc, profile: doc["rows"])
+    fit = ov.fit_overheads(docs, load_profile("h200-sxm"))
+    assert fit.step_s == pytest.approx(step_s) and fit.follower_step_s == pytest.approx(
+        follower_s)
+    assert fit.eager.layer_s == pytest.approx(0.3e-3)
+    assert fit.eager.tp_layer_s == pytest.approx(0.8e-3)
+    assert (fit.eager.steps, fit.eager.host_bound) == (2, 2)
+    assert (fit.eager.tp_steps, fit.eager.tp_host_bound) == (2, 1)  # 30 ms of kernels
+    assert fit.prefill_step_s == pytest.approx(4e-3)
+    overheads = ov.apply_overheads({"notes": []}, fit, ["x"])["overheads"]
+    assert overheads["eager_layer_s"] == pytest.approx(0.3e-3)
+    assert overheads["eager_tp_layer_s"] == pytest.approx(0.8e-3)
+    assert "eager_tp_layer_s 800.0 us" in fit.note(["x"])
+    # without graph runs beside them, eager runs fit the step terms as before
+    assert ov.fit_overheads(docs[1:], load_profile("h200-sxm")).eager is None

@@ -209,3 +209,27 @@ def test_follower_step_overhead_goes_to_a_driver_with_followers(toy_profile):
     assert fixed(2, 32, True, True) == approx(500e-6)  # TP peers wait for the plan
     assert fixed(1, 16, False, True) == approx(500e-6)  # PP: the driver, stage 0 follows
     assert fixed(1, 16, True, False) == approx(0.0)  # a follower stage pays none of it
+
+
+def test_eager_steps_take_at_least_the_hosts_launch_time():
+    """Prefill steps, and decode steps of layouts or runs without CUDA graphs, cost
+    max(kernels, layers x eager host time per layer); graph-replayed decode does not."""
+    from twinfer.sim.kv_sharded import KvShardedStageCost
+
+    m = model_preset("llama-3-8b")
+    over = {"cuda_graphs": True, "eager_layer_s": 1e-3, "eager_tp_layer_s": 2e-3}
+    with_floor = CostModel(make_profile(overheads=over), "bf16")
+    without = CostModel(make_profile(overheads={"cuda_graphs": True}), "bf16")
+    decode = StepBatch(decode_n=1, decode_ctx_sum=512, logits_n=1)
+    prompt = StepBatch(0, 0, ((64, 0),), 64, 1)
+    for tp, floor in ((1, 32e-3), (2, 64e-3)):
+        spec = StageSpec(m, tp, 32, "nvlink", True, True)
+        floored, bare = StageCost(spec, with_floor), StageCost(spec, without)
+        assert bare.step(prompt)[0] < floor  # a short prompt: host-bound
+        assert floored.step(prompt)[0] == approx(floor)
+        assert floored.kernels_s(prompt) == approx(bare.step(prompt)[0])
+        assert floored.step(decode)[0] == approx(bare.step(decode)[0])  # graph replay
+    # a layout the executor decodes eagerly gets the floor on its decode steps too
+    spec = StageSpec(m, 2, 32, "nvlink", True, True)
+    sharded = KvShardedStageCost(spec, with_floor, "fused")
+    assert sharded.step(decode)[0] == approx(64e-3)

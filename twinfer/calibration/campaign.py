@@ -7,11 +7,12 @@ pyyaml; rich is optional):
 1. **calibrate** the visible device (collectives when two or more GPUs are visible)
    into ``OUT/profiles/<name>.json`` and ``OUT/plots/<name>.png`` (resumable);
 2. **overheads**: two short TP=1 executor runs of the model with a quarter and all of
-   its layers, and with two GPUs and TP=2 in ``--layouts`` a TP=2 run
-   (``OUT/overheads/``), whose step timelines fit ``overheads.step_s``,
-   ``per_layer_s`` and ``follower_step_s`` into the profile (``calibrate
-   --from-exec``) - runs outside the validation matrix, so the matrix is not fitted to
-   itself;
+   its layers, and with two GPUs and TP=2 in ``--layouts`` a TP=2 run; on GPUs the
+   same model once more at TP=1 (and TP=2) without CUDA graphs (``OUT/overheads/``).
+   Their step timelines fit ``overheads.step_s``, ``per_layer_s``,
+   ``follower_step_s`` and the eager steps' host floor (``eager_layer_s``,
+   ``eager_tp_layer_s``) into the profile (``calibrate --from-exec``) - runs outside
+   the validation matrix, so the matrix is not fitted to itself;
 3. **matrix**: {TP=1, TP=2, PP=2 where the GPUs allow} x batch {1, 16, 64} x context
    {512, 4K, 32K} with random bf16 weights, ``--output-tokens`` each, every request
    arriving at once; a point whose KV cache the twin's memory plan cannot hold for
@@ -106,13 +107,14 @@ def kv_fits(doc: dict, profile_path: Path) -> str:
     return "" if have >= need else f"KV for {need} tokens, the cache holds {have}"
 
 
-def run_exec(scenario: Path, out: Path, device: str, timeout_s: float) -> tuple[int, str]:
+def run_exec(scenario: Path, out: Path, device: str, timeout_s: float,
+             extra: tuple[str, ...] = ()) -> tuple[int, str]:
     """``python -m twinfer.exec`` (which starts mpiexec); returns (exit code, output tail)."""
     env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
     if device == "cpu":
         env["OMP_NUM_THREADS"] = "1"  # as calibrated: one thread per rank
     argv = [sys.executable, "-m", "twinfer.exec", str(scenario), "--device", device,
-            "--arrivals", "batch", "--out", str(out)]
+            "--arrivals", "batch", "--out", str(out), *extra]
     # its own process group, so that a run past its time goes with mpirun and the ranks
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -140,7 +142,7 @@ class Runner:
         self.timed_s: list[float] = []
         self.log: list[dict] = []
 
-    def run(self, doc: dict, out: Path) -> bool:
+    def run(self, doc: dict, out: Path, extra: tuple[str, ...] = ()) -> bool:
         """Run one scenario unless its results exist or time is short; True if they exist."""
         if out.exists():
             self.log.append({"name": doc["name"], "status": "kept"})
@@ -154,7 +156,8 @@ class Runner:
         scen.write_text(json.dumps(doc, indent=1))  # JSON is YAML: no yaml dump needed
         _say(f"exec {doc['name']} ({left:.0f} s left)")
         t0 = time.monotonic()
-        code, tail = run_exec(scen, out, self.cfg.device, min(left, self.cfg.run_timeout_s))
+        code, tail = run_exec(scen, out, self.cfg.device, min(left, self.cfg.run_timeout_s),
+                              extra)
         took = time.monotonic() - t0
         if code == 0:  # a hung run that timed out says nothing of the next one's length
             self.timed_s.append(took)
@@ -204,14 +207,17 @@ def stage_overheads(cfg: CampaignConfig, runner: Runner, profile: tuple) -> None
 
     path, name, link = profile
     layers = model_preset(cfg.model).layers
-    runs = [("tp1", count) for count in sorted({max(1, layers // 4), layers})]
-    if "tp2" in cfg.layouts and _device_count(cfg.device) >= 2:
-        runs.append(("tp2", layers))  # a driver with a follower: follower_step_s
+    runs = [("tp1", count, False) for count in sorted({max(1, layers // 4), layers})]
+    tp2 = "tp2" in cfg.layouts and _device_count(cfg.device) >= 2
+    if tp2:
+        runs.append(("tp2", layers, False))  # a driver with a follower: follower_step_s
+    if cfg.device == "cuda":  # eager steps' host floor: eager_layer_s, eager_tp_layer_s
+        runs += [("tp1", layers, True)] + ([("tp2", layers, True)] if tp2 else [])
     results = []
-    for layout, count in runs:
+    for layout, count, eager in runs:
         doc = matrix_scenario(cfg, name, link, (layout, 4, 256, count))
-        out = cfg.out / "overheads" / f"{doc['name']}.json"
-        if runner.run(doc, out):
+        out = cfg.out / "overheads" / f"{doc['name']}{'_eager' if eager else ''}.json"
+        if runner.run(doc, out, ("--no-cuda-graphs",) if eager else ()):
             results.append(out)
     if results:
         fit, _ = fit_overheads_into(results, path)

@@ -35,6 +35,17 @@ Before this split one constant served both phases: on the H200 runs the decode s
 pulled it apart, non-negative least squares returned ``step_s = 0`` with a 1.3 ms
 residual, and prefill lost its overhead.
 
+Eager steps (every prefill; decode without CUDA graphs, and always for the FA Pool and
+KV-sharded layouts) are launched kernel by kernel from Python, and with small work per
+layer the host, not the GPU, sets their pace: one 512-token prompt under TP=2 took
+38.7 ms on two H200s against 14.8 ms of kernels, its NCCL kernels waiting for the
+peer's host to launch its side. The twin prices such a step as
+``max(kernels, layers * eager_layer_s)`` (``eager_tp_layer_s`` for a layer with TP
+collectives, each a c10d call), plus the step terms. Given runs without graphs
+(``--no-cuda-graphs``; the GPU campaign adds one at TP=1 and, with two GPUs, one at
+TP=2), their decode steps fit the two per-layer host times: what each step took beyond
+the step terms, per layer. Prefill's ``prefill_step_s`` is then fitted over the floor.
+
 ``comm_overlap`` stays 0: the executor issues its collectives on the compute stream,
 so its timeline's communication intervals are disjoint from compute and nothing is
 hidden; the measured communication share is reported in the notes instead.
@@ -55,6 +66,26 @@ from twinfer.spec import SpecError
 
 
 @dataclass(frozen=True)
+class EagerFit:
+    """Host time per layer of eager steps, from decode steps of runs without graphs."""
+
+    layer_s: float  # one GPU per stage: eager_layer_s
+    steps: int
+    host_bound: int  # steps whose host time exceeded their kernels (else an upper bound)
+    tp_layer_s: float = 0.0  # with TP collectives: eager_tp_layer_s
+    tp_steps: int = 0
+    tp_host_bound: int = 0
+
+    def note(self) -> str:
+        out = (f"eager_layer_s {self.layer_s * 1e6:.1f} us ({self.steps} eager decode steps, "
+               f"{self.host_bound} host-bound)")
+        if self.tp_steps:
+            out += (f", eager_tp_layer_s {self.tp_layer_s * 1e6:.1f} us ({self.tp_steps} "
+                    f"steps with TP, {self.tp_host_bound} host-bound)")
+        return out
+
+
+@dataclass(frozen=True)
 class OverheadFit:
     step_s: float
     per_layer_s: float
@@ -67,6 +98,7 @@ class OverheadFit:
     prefill_steps: int = 0
     follower_step_s: float = 0.0  # from runs with followers, over the one-GPU step_s
     follower_steps: int = 0
+    eager: EagerFit | None = None  # from runs without CUDA graphs, when given
 
     def note(self, sources: list[str]) -> str:
         split = ("" if len(self.layer_counts) > 1 else
@@ -77,6 +109,8 @@ class OverheadFit:
         if self.follower_steps:
             prefill += (f", follower_step_s {self.follower_step_s * 1e6:.1f} us "
                         f"({self.follower_steps} decode steps with followers)")
+        if self.eager is not None:
+            prefill += ", " + self.eager.note()
         return (f"overheads fitted from {self.steps} executor steps of "
                 f"{', '.join(sources)} (layers {list(self.layer_counts)}, CUDA graphs "
                 f"{self.cuda_graphs}): step_s "
@@ -107,19 +141,30 @@ def _comm_share(docs: list[dict]) -> float:
     return comm / span if span else 0.0
 
 
-def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
-    """Fit ``step_s`` and ``per_layer_s`` to one-stage executor runs (see module doc)."""
-    bare = profile.model_copy(update={"overheads": Overheads()})
+def _one_stage_rows(docs: list[dict], bare: Profile) -> list[StepReplay]:
     rows: list[StepReplay] = []
     for doc in docs:
         replays = replay(doc, bare)
         if any(r.stages > 1 for r in replays):
             continue  # micro-batches overlap: a step's wall time is not its own cost
         rows += replays
+    return rows
+
+
+def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
+    """Fit the overheads to one-stage executor runs (see module doc). Given runs with
+    CUDA graphs and runs without (a GPU campaign), the graph runs fit the step terms and
+    the eager runs the host floor of eager steps; otherwise all runs fit the step terms."""
+    bare = profile.model_copy(update={"overheads": Overheads()})
+    eager_docs = [d for d in docs if not d["summary"].get("cuda_graphs")]
+    graph_docs = [d for d in docs if d["summary"].get("cuda_graphs")]
+    if not (graph_docs and eager_docs):
+        graph_docs, eager_docs = docs, []
+    rows = _one_stage_rows(graph_docs, bare)
     if len(rows) < 2:
         raise SpecError("--from-exec", "no one-stage executor steps to fit overheads to",
                         "give results of runs without pipeline stages (pp=1)")
-    graphs = all(doc["summary"].get("cuda_graphs") for doc in docs)
+    graphs = all(doc["summary"].get("cuda_graphs") for doc in graph_docs)
     # one-GPU runs fit the driver's own terms; runs with followers (TP > 1), when there
     # are both, then fit what a step costs more with followers. Alone, they fit it all.
     alone = [r for r in rows if r.gpus == 1]
@@ -134,18 +179,57 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     if with_followers:
         follower_step_s = max(0.0, float(np.mean(
             [r.measured_s - r.kernels_s - per_layer_s * r.layers - step_s for r in crowd])))
+    eager = None
+    if eager_docs:
+        eager = _fit_eager(_one_stage_rows(eager_docs, bare), step_s, per_layer_s,
+                           follower_step_s)
+
+    def device_s(r: StepReplay) -> float:  # kernels, or the eager host floor above them
+        if eager is None or r.phase == "decode":
+            return r.kernels_s
+        return max(r.kernels_s, r.layers * (eager.tp_layer_s if r.gpus > 1 else eager.layer_s))
+
     prefill = [r for r in rows if r.phase == "prefill"]
     prefill_step_s = None
     if prefill and decode is not rows:
-        left = [r.measured_s - r.kernels_s - per_layer_s * r.layers for r in prefill]
+        left = [r.measured_s - device_s(r) - per_layer_s * r.layers for r in prefill]
         prefill_step_s = max(0.0, float(np.mean(left)))
-    resid = [r.measured_s - r.kernels_s - per_layer_s * r.layers
+    resid = [r.measured_s - device_s(r) - per_layer_s * r.layers
              - (prefill_step_s if r.phase == "prefill" and prefill_step_s is not None
                 else step_s) for r in rows]
     rms = float(np.sqrt(np.mean(np.square(resid))))
     return OverheadFit(step_s, per_layer_s, rms, len(rows), counts, bool(graphs),
                        _comm_share(docs), prefill_step_s, len(prefill), follower_step_s,
-                       len(crowd) if with_followers else 0)
+                       len(crowd) if with_followers else 0, eager)
+
+
+def _fit_eager(rows: list[StepReplay], step_s: float, per_layer_s: float,
+               follower_step_s: float) -> EagerFit | None:
+    """Host time per layer from eager decode steps: what a step took beyond the step
+    terms, per layer (``measured = max(kernels, layers * h) + terms``, inverted where
+    the host bound; a step whose kernels bound it gives an upper bound of ``h``, which
+    the floor then never exceeds for that step's shape)."""
+    def host_s(r: StepReplay) -> float:
+        terms = step_s + per_layer_s * r.layers + (follower_step_s if r.gpus > 1 else 0.0)
+        return max(0.0, r.measured_s - terms)
+
+    decode = [r for r in rows if r.phase == "decode"]
+    alone = [r for r in decode if r.gpus == 1]
+    crowd = [r for r in decode if r.gpus > 1]
+    if not alone and not crowd:
+        return None
+
+    def per_layer(group: list[StepReplay]) -> tuple[float, int, int]:
+        if not group:
+            return 0.0, 0, 0
+        hosts = [host_s(r) for r in group]
+        bound = sum(h > r.kernels_s for h, r in zip(hosts, group, strict=True))
+        return float(np.mean([h / r.layers for h, r in zip(hosts, group, strict=True)])), \
+            len(group), bound
+
+    layer_s, n, bound = per_layer(alone)
+    tp_layer_s, tp_n, tp_bound = per_layer(crowd)
+    return EagerFit(layer_s, n, bound, tp_layer_s, tp_n, tp_bound)
 
 
 def _fit_decode(rows: list[StepReplay], split: bool, graphs: bool) -> tuple[float, float]:
@@ -177,6 +261,10 @@ def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict
         out["overheads"]["prefill_step_s"] = fit.prefill_step_s
     if fit.follower_steps:
         out["overheads"]["follower_step_s"] = fit.follower_step_s
+    if fit.eager is not None:
+        out["overheads"]["eager_layer_s"] = fit.eager.layer_s
+        if fit.eager.tp_steps:
+            out["overheads"]["eager_tp_layer_s"] = fit.eager.tp_layer_s
     out["notes"] = [n for n in out.get("notes", []) if not n.startswith("overheads ")]
     out["notes"].append(fit.note(sources))
     return out

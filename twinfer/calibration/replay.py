@@ -37,7 +37,7 @@ class StepReplay:
     measured_s: float
     predicted_s: float  # the twin's time, the profile's overheads included
     kernels_s: float  # the same without the fixed overheads (step_s or
-    # prefill_step_s, per_layer_s)
+    # prefill_step_s, per_layer_s) and the eager steps' host floor
     layers: int  # layers of the pipeline's first stage
     stages: int
     gpus: int = 1  # GPUs of the pipeline: more than one means a driver with followers
@@ -92,10 +92,29 @@ def _measured_s(steps: list[dict], one_stage: bool) -> list[float]:
     return out
 
 
+def profile_for_run(doc: dict, profile: Profile | None = None) -> Profile | None:
+    """The profile to price an executor run with (None: the ones the run's scenario
+    resolves to, per GPU type), told that the run's decode steps ran eager when the
+    executor ran without CUDA graphs (``--no-cuda-graphs``, or a failed capture)."""
+    if doc["summary"].get("cuda_graphs", True):
+        return profile
+    if profile is None:
+        from twinfer.sim import resolve_profiles
+
+        profiles = resolve_profiles(run_scenario(doc))
+        if len(profiles) != 1:
+            return profile  # several GPU types: their own flags
+        profile = next(iter(profiles.values()))
+    if not profile.overheads.cuda_graphs:
+        return profile
+    overheads = profile.overheads.model_copy(update={"cuda_graphs": False})
+    return profile.model_copy(update={"overheads": overheads})
+
+
 def replay(doc: dict, profile: Profile | None = None) -> list[StepReplay]:
     """The twin's time for every step of an executor run (``profile`` for every GPU
     type; default: the profiles the scenario resolves to)."""
-    twin = build_twin(run_scenario(doc), profile)
+    twin = build_twin(run_scenario(doc), profile_for_run(doc, profile))
     steps = doc["steps"]
     one_stage = all(len(p.stages) == 1 for p in twin.pipelines)
     measured = _measured_s(steps, one_stage)
@@ -104,10 +123,10 @@ def replay(doc: dict, profile: Profile | None = None) -> list[StepReplay]:
         pipe = twin.pipelines[int(step["pipeline"])]
         batch = step_batch(step)
         times, _, hops = pipe.step(batch)
-        fixed = sum(stage.fixed_of(batch) for stage in pipe.stages)
+        kernels = sum(stage.kernels_s(batch) for stage in pipe.stages) + sum(hops)
         predicted = sum(times) + sum(hops)
         out.append(StepReplay(step["phase"], int(step["batch"]), int(step["tokens"]),
-                              measured_s, predicted, predicted - fixed,
+                              measured_s, predicted, kernels,
                               pipe.stages[0].spec.num_layers, len(pipe.stages),
                               sum(len(g) for g in pipe.gpus)))
     return out

@@ -62,9 +62,14 @@ class PoolSpec:
 class FaPoolStageCost(StageCost):
     """A base stage: its own work, plus the pool round trips of its long sequences."""
 
+    graph_decode = False  # the executor decodes this layout eagerly (per-step headers)
+
     def __init__(self, spec: StageSpec, cost: CostModel, pool: PoolSpec) -> None:
         super().__init__(spec, cost)
         self.pool = pool
+        # every layer's pool round trip is c10d calls from the host, as TP collectives
+        self.eager_floor_s = cost.profile.overheads.eager_floor_s(spec.num_layers,
+                                                                  max(spec.tp, 2))
         self._last: tuple[tuple, tuple[float, float, float, int]] = ((), (0.0, 0.0, 0.0, 0))
 
     def step(self, batch: StepBatch) -> tuple[float, float]:

@@ -86,6 +86,8 @@ class ExchangeCost:
 class KvShardedStageCost(StageCost):
     """A TP stage whose attention runs over the sequence-split KV cache."""
 
+    graph_decode = False  # the executor decodes this layout eagerly (per-step headers)
+
     def __init__(self, spec: StageSpec, cost: CostModel, comm: str) -> None:
         super().__init__(spec, cost)
         self.exchange = ExchangeCost(cost, spec.link, spec.tp, comm)

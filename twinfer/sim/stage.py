@@ -12,7 +12,7 @@ Per layer, on each GPU of a TP group of ``tp`` (Megatron column/row parallel):
 RMSNorm, QKV GEMM ``[m, hidden] x [hidden, qkv_n]``, RoPE, KV-cache write,
 attention, output GEMM ``[m, q_dim/tp] x [q_dim/tp, hidden]``, all-reduce, residual
 add, RMSNorm, gate/up GEMM, activation, down GEMM, all-reduce, residual add. The first
-stage adds the vocabulary-parallel embedding (and its all-reduce); the last adds the
+stage adds the embedding (replicated on every TP rank, as the executor holds it); the last adds the
 final norm, the LM head for the sequences that sample, the logits all-gather and
 sampling. Pipeline stages hand the hidden states on with a send/recv; when TP
 degrees differ (HexGen), the receiving leader broadcasts them inside its group.
@@ -58,6 +58,8 @@ class StageSpec:
 class StageCost:
     """Time of one stage's step: ``step(batch) -> (time_s, comm_s)``."""
 
+    graph_decode = True  # the executor replays this layout's decode steps from CUDA graphs
+
     def __init__(self, spec: StageSpec, cost: CostModel) -> None:
         self.spec = spec
         self.cost = cost
@@ -70,14 +72,30 @@ class StageCost:
         self.prefill_fixed_s = overheads.fixed_s(spec.num_layers, spec.last, True, followers)
         self.comm_kept = 1.0 - overheads.comm_overlap
         self.graphs = overheads.cuda_graphs
+        self.eager_floor_s = overheads.eager_floor_s(spec.num_layers, spec.tp)
         self._dense: dict[tuple[int, bool], tuple[float, float]] = {}
         self._head: dict[tuple[int, bool], tuple[float, float]] = {}
         self._chunk: dict[tuple[int, int], float] = {}
 
     def step(self, batch: StepBatch) -> tuple[float, float]:
-        """(time_s, comm_s) of this stage's work on ``batch``; comm_s is part of time_s."""
-        # a pure decode step replays a CUDA graph where the executor captured them
-        graphed = self.graphs and not batch.prefill_tokens
+        """(time_s, comm_s) of this stage's work on ``batch``; comm_s is part of time_s.
+        An eager step takes at least the host's time to launch it (``eager_floor_s``)."""
+        graphed = self.graphed(batch)
+        time_s, comm_s = self.device_step(batch, graphed)
+        if not graphed:
+            time_s = max(time_s, self.eager_floor_s)
+        return time_s + self.fixed_of(batch), comm_s
+
+    def graphed(self, batch: StepBatch) -> bool:
+        """A pure decode step replays a CUDA graph where the executor captures them."""
+        return self.graphs and self.graph_decode and not batch.prefill_tokens
+
+    def kernels_s(self, batch: StepBatch) -> float:
+        """The step's device time alone: no fixed overheads, no host floor."""
+        return self.device_step(batch, self.graphed(batch))[0]
+
+    def device_step(self, batch: StepBatch, graphed: bool) -> tuple[float, float]:
+        """(time_s, comm_s) of the step's kernels and collectives, no host terms."""
         dense = self._dense.get((batch.tokens, graphed))
         if dense is None:
             dense = self._dense[(batch.tokens, graphed)] = self._dense_s(batch.tokens, graphed)
@@ -89,7 +107,7 @@ class StageCost:
                     batch.logits_n, graphed)
             time_s += head[0]
             comm_s += head[1]
-        return time_s + self.attention_s(batch) + self.fixed_of(batch), comm_s
+        return time_s + self.attention_s(batch), comm_s
 
     def fixed_of(self, batch: StepBatch) -> float:
         """The profile's fixed overheads for this step: a step carrying prompt tokens
