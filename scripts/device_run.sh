@@ -138,7 +138,42 @@ d['workload']['output_tokens'] = 16; yaml.safe_dump(d, open('/tmp/res/$sc.yaml',
     tar czf "$OUT/results.tgz" -C /tmp res
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix|next [budget_s]" >&2; exit 2 ;;
+tune)
+  # third session, call 1 (two GPUs): the split-K GEMV's per-shape table, the one-shot
+  # symmetric-memory all-reduce, their GPU tests, the GEMM + all_reduce sweeps with
+  # them (into the shipped profile), and TP=1 against TP=2 at batch 1, each new path
+  # on and off
+  {
+    log "gemv tuning table (GPU 0)"
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 200 python3 -m twinfer.kernels.gemv_tune \
+      --out twinfer/kernels/gemv_tables.json 2>&1 | tail -70
+    cp twinfer/kernels/gemv_tables.json /tmp/res/
+  } >> "$OUT/run.log" 2>&1
+  log "gpu + two-GPU tests" | tee -a "$OUT/run.log"
+  timeout -k 5 240 python3 -m pytest -q -m "gpu or multigpu" tests/kernels/test_gemv.py \
+    tests/exec/test_gpu.py -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
+  echo "exit $?" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  {
+    log "one-shot all-reduce: check + timings against NCCL"
+    timeout -k 5 90 $mp python3 -m twinfer.exec.symm_allreduce 2>&1 | tail -5
+    cp twinfer/calibration/profiles/h200-sxm.json $camp/profiles/
+    log "calibrate --ops gemm,all_reduce -> h200-sxm"
+    timeout -k 5 300 python3 -m twinfer.cli calibrate --ops gemm,all_reduce \
+      --out $camp/profiles/h200-sxm.json 2>&1 | tail -6
+    cp $camp/profiles/h200-sxm.json /tmp/res/
+    for variant in new old; do
+      if [ $variant = old ]; then export TWINFER_GEMV=off TWINFER_SYMM_ALL_REDUCE=off; fi
+      log "bench $variant: TP=1 (GPU 0), TP=2, batch 1"
+      CUDA_VISIBLE_DEVICES=0 timeout -k 5 100 python3 -m twinfer.exec.bench --part ours \
+        --batches 1 --contexts 512 4096 --out /tmp/res/bench-$variant.json 2>&1 | tail -4
+      timeout -k 5 120 python3 -m twinfer.exec.bench --part multi --layouts tp2 \
+        --batches 1 --contexts 512 4096 --out /tmp/res/bench-$variant.json 2>&1 | tail -4
+    done
+    unset TWINFER_GEMV TWINFER_SYMM_ALL_REDUCE
+    tar czf "$OUT/results.tgz" -C /tmp res
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix|next|tune [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20
