@@ -173,7 +173,44 @@ tune)
     tar czf "$OUT/results.tgz" -C /tmp res
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix|next|tune [budget_s]" >&2; exit 2 ;;
+overheads2)
+  # third session, call 2 (two GPUs): the overhead runs (TP=1 at two layer counts, TP=2,
+  # and both without CUDA graphs) fitted into the shipped profile, the TP=2 / PP=2
+  # matrix with 32K, then the FA Pool and KV-sharded scenarios against the new floor
+  cp twinfer/calibration/profiles/h200-sxm.json $camp/profiles/
+  {
+    log "campaign overheads (tp1, tp2; graphs and eager)"
+    timeout -k 5 240 python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp1,tp2 --stages overheads --run-timeout-s 100 --time-budget-s 220 \
+      2>&1 | tail -8
+    log "campaign matrix tp2, pp2"
+    timeout -k 5 $(( $(left) - 150 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp2,pp2 --contexts 512,4096,32768 --batches 1,16,64 --stages matrix \
+      --run-timeout-s 120 --time-budget-s $(( $(left) - 190 )) 2>&1 | tail -24
+    for sc in fa_pool_h200_base1_pool1 kv_sharded_decode; do
+      log "scenario $sc"
+      timeout -k 5 70 python3 -m twinfer.exec scenarios/$sc.yaml --device cuda \
+        --arrivals batch --out /tmp/res/$sc.json 2>&1 | tail -3
+      python3 -m twinfer.cli compare /tmp/res/$sc.json --profile $camp/profiles/h200-sxm.json \
+        2>&1 | tail -12
+    done
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    tar czf "$OUT/results.tgz" -C /tmp res
+  } >> "$OUT/run.log" 2>&1
+  ;;
+matrix1)
+  # one GPU: the TP=1 matrix against the shipped profile (overheads fitted on two GPUs)
+  name=$(python3 -c "from twinfer.calibration.device import default_name; print(default_name('cuda'))")
+  cp "twinfer/calibration/profiles/$name.json" $camp/profiles/
+  {
+    log "campaign matrix tp1 -> $name"
+    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages matrix \
+      --run-timeout-s 120 --time-budget-s $(( $(left) - 60 )) 2>&1 | tail -16
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1 [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20
