@@ -145,7 +145,7 @@ tune)
   # on and off
   {
     log "gemv tuning table (GPU 0)"
-    CUDA_VISIBLE_DEVICES=0 timeout -k 5 200 python3 -m twinfer.kernels.gemv_tune \
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 200 python3 -m twinfer.calibration.gemv_tune \
       --out twinfer/kernels/gemv_tables.json 2>&1 | tail -70
     cp twinfer/kernels/gemv_tables.json /tmp/res/
   } >> "$OUT/run.log" 2>&1

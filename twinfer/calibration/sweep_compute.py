@@ -2,7 +2,9 @@
 
 Each function measures one *group* (one GEMM shape over m, one head configuration over
 batch x context, ...) and returns its samples as plain dicts for the profile. The ops
-are the ones the executor runs: ``F.linear`` against an [n, k] weight, the project's
+are the ones the executor runs: its linear (``twinfer.kernels.gemv.linear``: the skinny
+decode kernel where this GPU's table says it wins, else ``F.linear``) against an [n, k]
+weight, the fused SwiGLU activation, the project's
 paged split-KV decode (``twinfer.kernels.paged_flash_decode``), its causal varlen
 prefill (``prefill_attention``) and its fused norm/RoPE kernels, all with
 ``backend="auto"`` (Triton on CUDA, the torch reference on CPU).
@@ -18,7 +20,9 @@ import torch.nn.functional as F
 from twinfer.calibration.plan import SweepPlan
 from twinfer.calibration.shapes import GemmShape, HeadShape
 from twinfer.calibration.timing import TimingConfig, cache_bytes, measure, rotations
+from twinfer.kernels.activation import silu_mul
 from twinfer.kernels.decode import paged_flash_decode
+from twinfer.kernels.gemv import linear
 from twinfer.kernels.norm_rope import add_rmsnorm, apply_rope, rmsnorm, rope_cos_sin
 from twinfer.kernels.prefill import prefill_attention
 
@@ -72,7 +76,7 @@ def gemm_group(bench: Bench, shape: GemmShape) -> list[dict]:
             continue
         inputs = bench.copies(lambda m=m: (bench.randn(m, shape.k),
                                            bench.randn(shape.n, shape.k)), ws)
-        t = bench.time(inputs, F.linear)
+        t = bench.time(inputs, linear)  # the executor's: the skinny kernel where it wins
         samples.append({"m": m, "n": shape.n, "k": shape.k, "time_s": t})
         del inputs
     return samples
@@ -142,8 +146,7 @@ def prefill_group(bench: Bench, heads: HeadShape) -> list[dict]:
 
 
 def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    return silu_mul(gate_up)  # the executor's fused kernel (its reference on CPU)
 
 
 FACTORS = {"copy": 2, "rmsnorm": 2, "add_rmsnorm": 4, "silu_mul": 3, "rope": 2}

@@ -1,4 +1,5 @@
-"""The executor's one door to `twinfer.kernels`: norms, RoPE, prefill and decode attention.
+"""The executor's one door to `twinfer.kernels`: the decode GEMM, norms, RoPE, the SwiGLU
+activation, prefill and decode attention.
 
 Every kernel call of the model goes through this module, so that a renamed kernel or
 a changed signature is one edit here. Each op runs with ``backend="auto"``: the Triton
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from twinfer import kernels
+from twinfer.kernels.activation import silu_mul as silu_mul_kernel
+from twinfer.kernels.gemv import linear as gemv_linear
 
 
 @dataclass
@@ -54,6 +57,17 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """h = x + residual; returns (rmsnorm(h), h), both [tokens, hidden]."""
     return kernels.add_rmsnorm(x, residual, weight, eps=eps)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [m, K] @ weight [N, K]^T: the skinny decode kernel where this GPU's measured
+    table says it beats cuBLAS (m <= 16), else ``F.linear``."""
+    return gemv_linear(x, weight)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's activation: [tokens, 2 * ffn] (gate, then up) -> silu(gate) * up."""
+    return silu_mul_kernel(gate_up)
 
 
 def rope_table(max_positions: int, head_dim: int, theta: float,

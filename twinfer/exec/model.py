@@ -84,7 +84,7 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return attention.linear(x, self.weight)
 
 
 class Embedding(nn.Module):
@@ -136,11 +136,8 @@ class MLP(nn.Module):
         self.comm = comm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
-            gate, up = self.up_proj(x).chunk(2, dim=-1)
-            act = F.silu(gate) * up
-        else:
-            act = F.gelu(self.up_proj(x))
+        up = self.up_proj(x)
+        act = attention.silu_mul(up) if self.swiglu else F.gelu(up)
         return self.comm.reduce(self.down_proj(act))
 
 
