@@ -205,9 +205,12 @@ def test_calibration_shows_sustained_throughput_and_graph_replayed_collectives()
     profile = load_profile("h200-sxm")
     assert rows["sustained matmul"] == f"{profile.peaks.sustained_matmul_fraction:.3f} of the peak"
     fig = pc.collective_figure(profile, "nvlink")
-    replayed = [t for t in fig.data if "CUDA graph" in (t.name or "")]
-    graph = profile.collectives["nvlink"]["all_reduce"]["2"].graph_samples
-    assert len(replayed) == 1 and len(replayed[0].x) == len(graph)
+    replayed = {t.name: t for t in fig.data if "CUDA graph" in (t.name or "")}
+    fit = profile.collectives["nvlink"]["all_reduce"]["2"]
+    nccl = replayed["all_reduce x2: replayed from a CUDA graph"]
+    oneshot = replayed["all_reduce x2: one-shot symm-mem, CUDA graph"]
+    assert len(nccl.x) == len(fit.graph_samples)
+    assert len(oneshot.x) == len(fit.oneshot_graph_samples) > 0
     assert pc.sustained_figure(load_profile("a100-sxm-80g")) is None  # none measured
 
 
