@@ -207,6 +207,13 @@ matrix1)
     timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
       --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages matrix \
       --run-timeout-s 120 --time-budget-s $(( $(left) - 60 )) 2>&1 | tail -16
+    # where a 32K-context decode step's time goes (its kernels inside the graph)
+    for point in tp1_b1_c4096 tp1_b1_c32768; do
+      log "profile $point"
+      TWINFER_PROFILE_DIR=$camp/profile-$point timeout -k 5 100 python3 -m twinfer.exec \
+        $camp/results/$name/$point.yaml --device cuda --arrivals batch \
+        --out $camp/profile-$point.json 2>&1 | tail -2
+    done
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;

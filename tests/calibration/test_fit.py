@@ -149,6 +149,16 @@ def test_eager_runs_fit_the_host_floor_of_eager_steps(monkeypatch):
     assert (fit.eager.steps, fit.eager.host_bound) == (2, 2)
     assert (fit.eager.tp_steps, fit.eager.tp_host_bound) == (2, 1)  # 30 ms of kernels
     assert fit.prefill_step_s == pytest.approx(4e-3)
+    assert fit.eager.prefill_tp_steps == 0  # no prefill steps with TP in these runs
+    # a TP=2 prefill step bound by its host: 32 x 1.2 ms beyond the prefill terms
+    tp_prefill = StepReplay("prefill", 1, 512, 32 * 1.2e-3 + 4e-3 + per_layer_s * 32
+                            + follower_s, 0, 11e-3, 32, 1, 2)
+    docs[1]["rows"] = eager + [tp_prefill]
+    fit2 = ov.fit_overheads(docs, load_profile("h200-sxm"))
+    assert fit2.eager.prefill_tp_layer_s == pytest.approx(1.2e-3)
+    assert (fit2.eager.prefill_tp_steps, fit2.eager.prefill_tp_host_bound) == (1, 1)
+    assert ov.apply_overheads({"notes": []}, fit2, ["x"])["overheads"][
+        "prefill_tp_layer_s"] == pytest.approx(1.2e-3)
     overheads = ov.apply_overheads({"notes": []}, fit, ["x"])["overheads"]
     assert overheads["eager_layer_s"] == pytest.approx(0.3e-3)
     assert overheads["eager_tp_layer_s"] == pytest.approx(0.8e-3)

@@ -212,24 +212,32 @@ def test_follower_step_overhead_goes_to_a_driver_with_followers(toy_profile):
 
 
 def test_eager_steps_take_at_least_the_hosts_launch_time():
-    """Prefill steps, and decode steps of layouts or runs without CUDA graphs, cost
-    max(kernels, layers x eager host time per layer); graph-replayed decode does not."""
+    """Decode steps of layouts or runs without CUDA graphs cost max(kernels, layers x the
+    eager host time per layer); prefill steps with TP collectives max(kernels, layers x
+    prefill_tp_layer_s); one-GPU prefill and graph-replayed decode have no floor."""
     from twinfer.sim.kv_sharded import KvShardedStageCost
 
     m = model_preset("llama-3-8b")
-    over = {"cuda_graphs": True, "eager_layer_s": 1e-3, "eager_tp_layer_s": 2e-3}
+    over = {"cuda_graphs": True, "eager_layer_s": 1e-3, "eager_tp_layer_s": 2e-3,
+            "prefill_tp_layer_s": 3e-3}
     with_floor = CostModel(make_profile(overheads=over), "bf16")
     without = CostModel(make_profile(overheads={"cuda_graphs": True}), "bf16")
     decode = StepBatch(decode_n=1, decode_ctx_sum=512, logits_n=1)
     prompt = StepBatch(0, 0, ((64, 0),), 64, 1)
-    for tp, floor in ((1, 32e-3), (2, 64e-3)):
+    for tp, prefill_floor in ((1, None), (2, 96e-3)):
         spec = StageSpec(m, tp, 32, "nvlink", True, True)
         floored, bare = StageCost(spec, with_floor), StageCost(spec, without)
-        assert bare.step(prompt)[0] < floor  # a short prompt: host-bound
-        assert floored.step(prompt)[0] == approx(floor)
         assert floored.kernels_s(prompt) == approx(bare.step(prompt)[0])
+        if prefill_floor is None:
+            assert floored.step(prompt)[0] == approx(bare.step(prompt)[0])
+        else:
+            assert bare.step(prompt)[0] < prefill_floor  # a short prompt: host-bound
+            assert floored.step(prompt)[0] == approx(prefill_floor)
         assert floored.step(decode)[0] == approx(bare.step(decode)[0])  # graph replay
-    # a layout the executor decodes eagerly gets the floor on its decode steps too
+    # a layout the executor decodes eagerly gets the decode floor
     spec = StageSpec(m, 2, 32, "nvlink", True, True)
     sharded = KvShardedStageCost(spec, with_floor, "fused")
     assert sharded.step(decode)[0] == approx(64e-3)
+    one_gpu = CostModel(make_profile(overheads={**over, "cuda_graphs": False}), "bf16")
+    alone = StageCost(StageSpec(m, 1, 32, "nvlink", True, True), one_gpu)
+    assert alone.step(decode)[0] == approx(32e-3)  # --no-cuda-graphs: eager decode

@@ -38,13 +38,20 @@ residual, and prefill lost its overhead.
 Eager steps (every prefill; decode without CUDA graphs, and always for the FA Pool and
 KV-sharded layouts) are launched kernel by kernel from Python, and with small work per
 layer the host, not the GPU, sets their pace: one 512-token prompt under TP=2 took
-38.7 ms on two H200s against 14.8 ms of kernels, its NCCL kernels waiting for the
-peer's host to launch its side. The twin prices such a step as
-``max(kernels, layers * eager_layer_s)`` (``eager_tp_layer_s`` for a layer with TP
-collectives, each a c10d call), plus the step terms. Given runs without graphs
+38.7-51.8 ms on two H200s against 11-15 ms of kernels, its NCCL kernels waiting for
+the peer's host to launch its side. The twin prices such a step as
+``max(kernels, floor)`` plus the step terms, the floor being ``layers x`` a host time
+per layer: for eager decode ``eager_layer_s`` (``eager_tp_layer_s`` for a layer with TP
+collectives, each a c10d call), fitted from the decode steps of runs without graphs
 (``--no-cuda-graphs``; the GPU campaign adds one at TP=1 and, with two GPUs, one at
-TP=2), their decode steps fit the two per-layer host times: what each step took beyond
-the step terms, per layer. Prefill's ``prefill_step_s`` is then fitted over the floor.
+TP=2): what each step took beyond the step terms, per layer. For prefill
+``prefill_tp_layer_s``, fitted the same way from the prefill steps of the TP=2 overhead
+runs (after ``prefill_step_s``, which the one-GPU runs fit), over those the host bound.
+A one-GPU prefill gets no floor: on two H200s its eager decode layers took 0.6 ms of
+host time each, but its prefill layers of the overhead runs launched faster than their
+kernels ran (1024 tokens: 26 ms of kernels, 29 ms measured), so no host time per
+prefill layer can be told from them; a one-GPU floor from the decode steps would have
+put a 512-token prefill at 19 ms against 14.6-16.3 ms measured.
 
 ``comm_overlap`` stays 0: the executor issues its collectives on the compute stream,
 so its timeline's communication intervals are disjoint from compute and nothing is
@@ -75,6 +82,9 @@ class EagerFit:
     tp_layer_s: float = 0.0  # with TP collectives: eager_tp_layer_s
     tp_steps: int = 0
     tp_host_bound: int = 0
+    prefill_tp_layer_s: float = 0.0  # prefill steps with TP collectives, host-bound ones
+    prefill_tp_steps: int = 0
+    prefill_tp_host_bound: int = 0
 
     def note(self) -> str:
         out = (f"eager_layer_s {self.layer_s * 1e6:.1f} us ({self.steps} eager decode steps, "
@@ -82,6 +92,10 @@ class EagerFit:
         if self.tp_steps:
             out += (f", eager_tp_layer_s {self.tp_layer_s * 1e6:.1f} us ({self.tp_steps} "
                     f"steps with TP, {self.tp_host_bound} host-bound)")
+        if self.prefill_tp_steps:
+            out += (f", prefill_tp_layer_s {self.prefill_tp_layer_s * 1e6:.1f} us "
+                    f"({self.prefill_tp_steps} prefill steps with TP, "
+                    f"{self.prefill_tp_host_bound} host-bound)")
         return out
 
 
@@ -179,21 +193,24 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     if with_followers:
         follower_step_s = max(0.0, float(np.mean(
             [r.measured_s - r.kernels_s - per_layer_s * r.layers - step_s for r in crowd])))
+    prefill = [r for r in rows if r.phase == "prefill"]
+    prefill_step_s = None
+    if prefill and decode is not rows:
+        left = [r.measured_s - r.kernels_s - per_layer_s * r.layers for r in prefill]
+        prefill_step_s = max(0.0, float(np.mean(left)))
     eager = None
     if eager_docs:
         eager = _fit_eager(_one_stage_rows(eager_docs, bare), step_s, per_layer_s,
                            follower_step_s)
+        if eager is not None and prefill_step_s is not None:
+            with_tp = [r for r in _one_stage_rows(graph_docs, bare) + _one_stage_rows(
+                eager_docs, bare) if r.phase == "prefill" and r.gpus > 1]
+            eager = _fit_prefill_floor(eager, with_tp, prefill_step_s, per_layer_s,
+                                       follower_step_s)
 
-    def device_s(r: StepReplay) -> float:  # kernels, or the eager host floor above them
-        if eager is None or r.phase == "decode":
-            return r.kernels_s
-        return max(r.kernels_s, r.layers * (eager.tp_layer_s if r.gpus > 1 else eager.layer_s))
+    def device_s(r: StepReplay) -> float:  # the rows here are one-GPU: no prefill floor
+        return r.kernels_s
 
-    prefill = [r for r in rows if r.phase == "prefill"]
-    prefill_step_s = None
-    if prefill and decode is not rows:
-        left = [r.measured_s - device_s(r) - per_layer_s * r.layers for r in prefill]
-        prefill_step_s = max(0.0, float(np.mean(left)))
     resid = [r.measured_s - device_s(r) - per_layer_s * r.layers
              - (prefill_step_s if r.phase == "prefill" and prefill_step_s is not None
                 else step_s) for r in rows]
@@ -201,6 +218,22 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     return OverheadFit(step_s, per_layer_s, rms, len(rows), counts, bool(graphs),
                        _comm_share(docs), prefill_step_s, len(prefill), follower_step_s,
                        len(crowd) if with_followers else 0, eager)
+
+
+def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: float,
+                       per_layer_s: float, follower_step_s: float) -> EagerFit:
+    """``prefill_tp_layer_s`` from prefill steps with TP collectives: what such a step took
+    beyond the prefill step terms, per layer, averaged over the steps it bound (those
+    whose host time exceeded their kernels); 0 if none did. One-GPU prefill gets no
+    floor: in the overhead runs its layers launched faster than they ran."""
+    from dataclasses import replace
+
+    hosts = [(r.measured_s - prefill_step_s - per_layer_s * r.layers - follower_step_s, r)
+             for r in rows]
+    bound = [(h, r) for h, r in hosts if h > r.kernels_s]
+    layer_s = float(np.mean([h / r.layers for h, r in bound])) if bound else 0.0
+    return replace(eager, prefill_tp_layer_s=layer_s, prefill_tp_steps=len(rows),
+                   prefill_tp_host_bound=len(bound))
 
 
 def _fit_eager(rows: list[StepReplay], step_s: float, per_layer_s: float,
@@ -265,6 +298,8 @@ def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict
         out["overheads"]["eager_layer_s"] = fit.eager.layer_s
         if fit.eager.tp_steps:
             out["overheads"]["eager_tp_layer_s"] = fit.eager.tp_layer_s
+        if fit.eager.prefill_tp_steps:
+            out["overheads"]["prefill_tp_layer_s"] = fit.eager.prefill_tp_layer_s
     out["notes"] = [n for n in out.get("notes", []) if not n.startswith("overheads ")]
     out["notes"].append(fit.note(sources))
     return out

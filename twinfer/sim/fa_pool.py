@@ -68,8 +68,10 @@ class FaPoolStageCost(StageCost):
         super().__init__(spec, cost)
         self.pool = pool
         # every layer's pool round trip is c10d calls from the host, as TP collectives
-        self.eager_floor_s = cost.profile.overheads.eager_floor_s(spec.num_layers,
-                                                                  max(spec.tp, 2))
+        overheads = cost.profile.overheads
+        self.eager_floor_s = overheads.eager_floor_s(spec.num_layers, max(spec.tp, 2))
+        self.prefill_floor_s = overheads.eager_floor_s(spec.num_layers, max(spec.tp, 2),
+                                                       prefill=True)
         self._last: tuple[tuple, tuple[float, float, float, int]] = ((), (0.0, 0.0, 0.0, 0))
 
     def step(self, batch: StepBatch) -> tuple[float, float]:

@@ -185,11 +185,14 @@ class Overheads(_Strict):
                                    "the driver has followers (TP > 1 or PP > 1): the plan's "
                                    "trip to them and their launch")
     eager_layer_s: float = Field(0.0, ge=0, description="host time to launch one layer of "
-                                 "an eager step (prefill; decode without CUDA graphs) on a "
-                                 "stage without TP collectives: such a step takes at least "
-                                 "layers x this (0: not fitted, no floor)")
+                                 "an eager decode step (no CUDA graphs: FA Pool, KV-sharded, "
+                                 "--no-cuda-graphs) on a stage without TP collectives: such "
+                                 "a step takes at least layers x this (0: no floor)")
     eager_tp_layer_s: float = Field(0.0, ge=0, description="the same for a layer with TP "
                                     "collectives (each a c10d call from the host)")
+    prefill_tp_layer_s: float = Field(0.0, ge=0, description="host time per layer of a "
+                                      "prefill step with TP collectives: its floor (0: none; "
+                                      "one-GPU prefill layers launch faster than they run)")
     cuda_graphs: bool = False
     comm_overlap: float = Field(0.0, ge=0, le=1, description="share of TP collectives hidden")
 
@@ -200,9 +203,11 @@ class Overheads(_Strict):
                              "the sweeps' launch-bound kernel floor)")
         return self
 
-    def eager_floor_s(self, layers: int, tp: int) -> float:
+    def eager_floor_s(self, layers: int, tp: int, prefill: bool = False) -> float:
         """The least time an eager step of ``layers`` layers takes: the host launches
         every kernel from Python, and the GPU cannot finish before the last launch."""
+        if prefill:
+            return layers * self.prefill_tp_layer_s if tp > 1 else 0.0
         return layers * (self.eager_tp_layer_s if tp > 1 else self.eager_layer_s)
 
     def fixed_s(self, layers: int, driver: bool, prefill: bool,

@@ -73,17 +73,20 @@ class StageCost:
         self.comm_kept = 1.0 - overheads.comm_overlap
         self.graphs = overheads.cuda_graphs
         self.eager_floor_s = overheads.eager_floor_s(spec.num_layers, spec.tp)
+        self.prefill_floor_s = overheads.eager_floor_s(spec.num_layers, spec.tp, prefill=True)
         self._dense: dict[tuple[int, bool], tuple[float, float]] = {}
         self._head: dict[tuple[int, bool], tuple[float, float]] = {}
         self._chunk: dict[tuple[int, int], float] = {}
 
     def step(self, batch: StepBatch) -> tuple[float, float]:
         """(time_s, comm_s) of this stage's work on ``batch``; comm_s is part of time_s.
-        An eager step takes at least the host's time to launch it (``eager_floor_s``)."""
+        An eager step takes at least the host's time to launch it (``eager_floor_s`` for
+        decode without graphs, ``prefill_floor_s`` for prefill)."""
         graphed = self.graphed(batch)
         time_s, comm_s = self.device_step(batch, graphed)
         if not graphed:
-            time_s = max(time_s, self.eager_floor_s)
+            time_s = max(time_s, self.prefill_floor_s if batch.prefill_tokens
+                         else self.eager_floor_s)
         return time_s + self.fixed_of(batch), comm_s
 
     def graphed(self, batch: StepBatch) -> bool:
