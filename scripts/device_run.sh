@@ -199,16 +199,23 @@ overheads2)
   } >> "$OUT/run.log" 2>&1
   ;;
 matrix1)
-  # one GPU: the TP=1 matrix against the shipped profile (overheads fitted on two GPUs)
+  # one GPU: refresh the shipped profile's peaks, sustained fraction and element-wise
+  # curve on this GPU, then the TP=1 matrix against it (overheads fitted on two GPUs)
   name=$(python3 -c "from twinfer.calibration.device import default_name; print(default_name('cuda'))")
   cp "twinfer/calibration/profiles/$name.json" $camp/profiles/
   {
+    log "calibrate --ops elementwise (peaks, the prefill GEMMs sustained, element-wise)"
+    timeout -k 5 120 python3 -m twinfer.cli calibrate --ops elementwise \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -3
+    python3 -c "
+import json; p = json.load(open('$camp/profiles/$name.json'))['peaks']
+print('sustained fraction', p.get('sustained_matmul_fraction'), 'burst', p.get('sustained_burst_flops_per_s'), p.get('sustained_gemms'))"
     log "campaign matrix tp1 -> $name"
     timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
       --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages matrix \
       --run-timeout-s 120 --time-budget-s $(( $(left) - 60 )) 2>&1 | tail -16
     # where a 32K-context decode step's time goes (its kernels inside the graph)
-    for point in tp1_b1_c4096 tp1_b1_c32768; do
+    for point in ${PROFILE_POINTS:-}; do
       log "profile $point"
       TWINFER_PROFILE_DIR=$camp/profile-$point timeout -k 5 100 python3 -m twinfer.exec \
         $camp/results/$name/$point.yaml --device cuda --arrivals batch \

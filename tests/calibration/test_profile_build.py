@@ -41,6 +41,19 @@ def test_sustained_fraction_is_the_settled_half_over_the_burst():
     assert sustained_fraction(windows([1.02 * BURST] * 8), BURST) == 1.0  # never above 1
 
 
+def test_the_prefill_gemms_own_burst_rate_sets_the_fraction():
+    """The sustained run cycles a prefill's GEMMs and reports their burst rate (timed as
+    the sweeps time them): the fraction is over that, not over the square GEMM's peak."""
+    mix_burst = 0.8 * BURST
+    w = windows([0.76 * BURST] * 8) + [{"burst_flops_per_s": mix_burst, "gemms": "QKV..."}]
+    doc = build_profile(groups(w), INFO, cpu_plan(), "test-gpu", [])
+    assert doc["peaks"]["sustained_matmul_fraction"] == pytest.approx(0.95)
+    assert doc["peaks"]["sustained_burst_flops_per_s"] == pytest.approx(mix_burst)
+    profile = validate_profile(doc)
+    assert profile.peaks.sustained_gemms == "QKV..."
+    assert len(profile.peaks.sustained_samples) == 8
+
+
 def test_profile_carries_the_fraction_and_its_windows():
     w = windows([0.95 * BURST] * 8)
     doc = build_profile(groups(w), INFO, cpu_plan(), "test-gpu", [])

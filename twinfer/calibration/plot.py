@@ -119,10 +119,11 @@ def _sustained(ax, peaks: dict, dtype: str) -> None:
     pts = peaks["sustained_samples"]
     t = np.array([s["t_s"] for s in pts])
     ax.plot(t, [s["flops_per_s"] / 1e12 for s in pts], "-o", ms=2, lw=0.8,
-            label="8192^3 GEMM, 50 ms windows")
-    burst = peaks.get("matmul_flops_per_s", {}).get(dtype)
+            label=(peaks.get("sustained_gemms") or "8192^3 GEMM")[:60] + ", 50 ms windows")
+    burst = peaks.get("sustained_burst_flops_per_s") or \
+        peaks.get("matmul_flops_per_s", {}).get(dtype)
     if burst:
-        ax.axhline(burst / 1e12, ls="--", color="gray", lw=0.8, label="burst peak")
+        ax.axhline(burst / 1e12, ls="--", color="gray", lw=0.8, label="burst rate")
         frac = peaks.get("sustained_matmul_fraction", 1.0)
         ax.axhline(frac * burst / 1e12, ls=":", color="C3", lw=0.9,
                    label=f"sustained ({frac:.3f} of peak)")

@@ -104,8 +104,16 @@ def _peaks(samples: dict[str, list[dict]], dtype: str) -> dict:
     out = {"copy_bytes_per_s": max(copy, default=0.0),
            "matmul_flops_per_s": {dtype: max(flops, default=0.0)}}
     burst = [2.0 * s["m"] * s["n"] * s["k"] / s["time_s"] for s in peak_runs if "m" in s]
-    windows = samples.get("sustained", [])
-    if burst and windows:
+    sustained = samples.get("sustained", [])
+    windows = [w for w in sustained if "t_s" in w]
+    mix = next((w for w in sustained if "burst_flops_per_s" in w), None)
+    if mix is not None and windows:  # the prefill's GEMMs: their own burst rate
+        out["sustained_matmul_fraction"] = sustained_fraction(windows,
+                                                              mix["burst_flops_per_s"])
+        out["sustained_burst_flops_per_s"] = mix["burst_flops_per_s"]
+        out["sustained_gemms"] = mix["gemms"]
+        out["sustained_samples"] = windows
+    elif burst and windows:
         out["sustained_matmul_fraction"] = sustained_fraction(windows, max(burst))
         out["sustained_samples"] = windows
     return out

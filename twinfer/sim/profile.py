@@ -72,6 +72,11 @@ class Peaks(_Strict):
     matmul_flops_per_s: dict[str, float] = Field(default_factory=dict)
     sustained_matmul_fraction: float = Field(1.0, gt=0, le=1)
     sustained_samples: list[SustainedSample] = Field(default_factory=list)
+    sustained_burst_flops_per_s: float | None = Field(
+        None, gt=0, description="the burst rate of the GEMMs the sustained run cycled "
+        "through, timed as the sweeps time them (None: the square GEMM's peak)")
+    sustained_gemms: str | None = Field(None, description="what the sustained run cycled "
+                                        "through (None: the 8192^3 square GEMM)")
 
     @field_validator("matmul_flops_per_s")
     @classmethod
