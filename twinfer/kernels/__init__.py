@@ -18,6 +18,7 @@ from twinfer.kernels.decode import (
     paged_flash_decode,
     paged_flash_decode_ref,
 )
+from twinfer.kernels.gemv import GemvConfig, linear_ref, skinny_linear
 from twinfer.kernels.norm_rope import (
     add_rmsnorm,
     apply_rope,
@@ -33,6 +34,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "DecodeTiles",
+    "GemvConfig",
     "add_rmsnorm",
     "apply_rope",
     "choose_num_splits",
@@ -40,6 +42,7 @@ __all__ = [
     "flash_decode_ref",
     "gather_pages",
     "interpreting",
+    "linear_ref",
     "lse_combine",
     "lse_combine_ref",
     "paged_flash_decode",
@@ -52,5 +55,6 @@ __all__ = [
     "rmsnorm_ref",
     "rope_cos_sin",
     "rope_ref",
+    "skinny_linear",
     "use_triton",
 ]

@@ -18,9 +18,10 @@ Which shapes it takes, and with which launch, is measured per GPU type, not gues
 ``python -m twinfer.calibration.gemv_tune`` times every configuration against cuBLAS for
 the model presets' weight shapes and writes ``gemv_tables.json`` (keyed by
 ``torch.cuda.get_device_name()``, then ``"N,K"``). `linear` uses the kernel only where
-that table says it is faster; everywhere else (unknown GPU or shape, m > 16, CPU) it
-is ``F.linear``. ``TWINFER_GEMV=off`` forces cuBLAS, ``TWINFER_GEMV=force`` the kernel
-with a default launch wherever the shape allows (experiments, tests).
+that table says it is faster; everywhere else (unknown GPU or shape, m > 16, fp32, a
+non-contiguous weight, CPU) it is ``F.linear``. ``TWINFER_GEMV=off`` forces cuBLAS,
+``TWINFER_GEMV=force`` the kernel with a default launch wherever the shape allows
+(experiments, tests).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ TABLES = Path(__file__).with_name("gemv_tables.json")
 def _skinny_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, k_per_split, stride_xm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    FMA: tl.constexpr, ATOMIC: tl.constexpr, UPCAST: tl.constexpr,
+    FMA: tl.constexpr, ATOMIC: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -84,7 +85,7 @@ def _skinny_kernel(
             if UPCAST:  # Triton's CPU interpreter gets bf16 dot products wrong
                 x = x.to(tl.float32)
                 w = w.to(tl.float32)
-            acc += tl.dot(x, tl.trans(w))
+            acc += tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION)
         out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
         mask = m_mask[:, None] & n_mask[None, :]
         if ATOMIC:
@@ -117,12 +118,18 @@ DEFAULT = GemvConfig()
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, config: GemvConfig = DEFAULT
                   ) -> torch.Tensor:
-    """The kernel itself: x [m, K] (m <= 16), weight [N, K] -> [m, N] in x's dtype."""
+    """The kernel itself: x [m, K] (m <= 16), weight [N, K] with unit stride along K,
+    same dtype -> [m, N] in x's dtype."""
+    if (x.dim() != 2 or weight.dim() != 2 or not 0 < x.shape[0] <= MAX_M
+            or weight.shape[1] != x.shape[1]):
+        raise ValueError(f"skinny_linear takes x [0 < m <= {MAX_M}, K] and W [N, K]; got x "
+                         f"{tuple(x.shape)}, W {tuple(weight.shape)}")
+    if weight.stride(1) != 1 or x.dtype != weight.dtype:
+        # the kernel walks W's rows as contiguous K: a transposed view would be misread
+        raise ValueError(f"skinny_linear needs W with unit stride along K and x's dtype; got "
+                         f"W strides {weight.stride()}, dtypes {x.dtype} and {weight.dtype}")
     m, k = x.shape
     n = weight.shape[0]
-    if m > MAX_M or weight.shape[1] != k:
-        raise ValueError(f"skinny_linear takes x [m <= {MAX_M}, K] and W [N, K]; got x "
-                         f"{tuple(x.shape)}, W {tuple(weight.shape)}")
     fma = config.fma and m == 1
     block_m = 1 if fma else 16
     split = max(1, config.split_k)
@@ -134,11 +141,14 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, config: GemvConfig = DE
     out = (torch.zeros(m, n, dtype=torch.float32, device=x.device) if atomic
            else torch.empty(m, n, dtype=x.dtype, device=x.device))
     upcast = interpreting() and x.dtype == torch.bfloat16
+    # fp32 as cuBLAS does it by default (no TF32); half types ignore it (tf32: Triton's default)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(n, config.block_n), split)
     args = (x, weight, out, m, n, k, k_per_split, x.stride(0), weight.stride(0), out.stride(0))
     constexprs = (("BLOCK_M", block_m), ("BLOCK_N", config.block_n),
                   ("BLOCK_K", config.block_k), ("FMA", fma), ("ATOMIC", atomic),
-                  ("UPCAST", upcast), ("num_warps", config.num_warps),
+                  ("UPCAST", upcast), ("DOT_PRECISION", precision),
+                  ("num_warps", config.num_warps),
                   ("num_stages", config.num_stages))
     launch(_skinny_kernel, grid, args, constexprs,
            ("skinny", constexprs, arg_key(args), interpreting()))
@@ -187,41 +197,69 @@ def _device_table(device_name: str, path: str = str(TABLES)) -> dict[tuple[int, 
     return out
 
 
-@functools.cache
-def _device_name(index: int) -> str:
-    return torch.cuda.get_device_name(index)
-
-
-def choice_for(x: torch.Tensor, weight: torch.Tensor) -> GemvConfig | None:
-    """The kernel's launch for this call, or None for cuBLAS."""
-    mode = os.environ.get(ENV, "").lower()
-    if mode in ("off", "0", "false", "no"):
-        return None
-    m = x.shape[0]
-    if (x.dim() != 2 or m > MAX_M or m == 0 or x.dtype != weight.dtype
-            or x.dtype not in (torch.bfloat16, torch.float16, torch.float32)
-            or not weight.is_contiguous()):
-        return None
-    if mode == "force":
-        return GemvConfig(fma=m == 1)
-    if not x.is_cuda:
-        return None
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    hit = _device_table(_device_name(index)).get(tuple(weight.shape))
+def lookup(device_name: str, n: int, k: int, m: int, path: Path = TABLES
+           ) -> GemvConfig | None:
+    """The table's launch for m rows of an [n, k] weight on this GPU type, or None where
+    the table has no entry or cuBLAS won at some m' <= m."""
+    hit = _device_table(device_name, str(path)).get((n, k))
     if hit is None or m > hit.max_m:
         return None
     return hit.one_row if m == 1 else hit.rows
 
 
+@functools.cache
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def kernel_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `skinny_linear` can run this call: x [1..16, K], W [N, K] of the same
+    dtype, W contiguous (a weight is never copied per call)."""
+    return (x.dim() == 2 and weight.dim() == 2 and 0 < x.shape[0] <= MAX_M
+            and weight.shape[1] == x.shape[1] and x.dtype == weight.dtype
+            and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and weight.is_contiguous())
+
+
+def _mode() -> str:
+    """``TWINFER_GEMV``: "off" (also 0/false/no), "force", or "" (the table decides)."""
+    mode = os.environ.get(ENV, "").lower()
+    return "off" if mode in ("off", "0", "false", "no") else mode
+
+
+def choice_for(x: torch.Tensor, weight: torch.Tensor) -> GemvConfig | None:
+    """The kernel's launch for this call in auto mode, or None for cuBLAS. Half types only:
+    the table was timed in bf16 (fp16 moves the same bytes), and fp32 would stream twice
+    the bytes the table measured."""
+    mode = _mode()
+    if mode == "off" or not kernel_takes(x, weight) or x.dtype == torch.float32:
+        return None
+    m = x.shape[0]
+    if mode == "force":
+        return GemvConfig(fma=m == 1)
+    if not x.is_cuda:
+        return None
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return lookup(_device_name(index), *weight.shape, m)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
-    """``F.linear(x, weight)`` (no bias), through the skinny kernel where this GPU's table
-    (or ``TWINFER_GEMV=force``) says so. x: [m, K]; weight: [N, K]."""
+    """``F.linear(x, weight)`` (no bias). x: [m, K]; weight: [N, K] -> [m, N].
+
+    - ``"auto"``: the skinny kernel where this GPU's table (or ``TWINFER_GEMV=force``)
+      says so, for bf16/fp16 on CUDA (or under the interpreter, where only "force" applies);
+      else ``F.linear``.
+    - ``"triton"``: the kernel (the table's launch, else the default one) wherever
+      `kernel_takes` the call, fp32 included; ``F.linear`` for the rest (m > 16, ...).
+      ``TWINFER_GEMV=off`` still means cuBLAS.
+    - ``"torch"``: ``F.linear``.
+    """
     if backend == "torch" or (backend == "auto" and not (x.is_cuda or interpreting())):
         return F.linear(x, weight)
     config = choice_for(x, weight)
-    if config is None:
-        if backend == "triton" and use_triton(backend, x) and x.dim() == 2 \
-                and x.shape[0] <= MAX_M:
-            return skinny_linear(x, weight, GemvConfig(fma=x.shape[0] == 1))
-        return F.linear(x, weight)
-    return skinny_linear(x, weight, config)
+    if config is not None:
+        return skinny_linear(x, weight, config)
+    if (backend == "triton" and use_triton(backend, x) and kernel_takes(x, weight)
+            and _mode() != "off"):
+        return skinny_linear(x, weight, GemvConfig(fma=x.shape[0] == 1))
+    return F.linear(x, weight)
