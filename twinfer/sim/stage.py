@@ -87,7 +87,9 @@ class StageCost:
         if not graphed:
             time_s = max(time_s, self.prefill_floor_s if batch.prefill_tokens
                          else self.eager_floor_s)
-        return time_s + self.fixed_of(batch), comm_s
+        # per_layer_s may be negative (graph replay undercuts the sweeps' launch-bound
+        # floors): a correction to the kernels, never below zero for an empty step
+        return max(0.0, time_s + self.fixed_of(batch)), comm_s
 
     def graphed(self, batch: StepBatch) -> bool:
         """A pure decode step replays a CUDA graph where the executor captures them."""
