@@ -224,7 +224,28 @@ print('sustained fraction', p.get('sustained_matmul_fraction'), 'burst', p.get('
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1 [budget_s]" >&2; exit 2 ;;
+refresh1)
+  # one GPU, everything this session's executor needs measured on it: the GEMV table,
+  # the GEMM sweep through it, peaks / sustained (prefill GEMMs) / element-wise, then
+  # the TP=1 overhead runs (with and without graphs) and the TP=1 matrix
+  name=$(python3 -c "from twinfer.calibration.device import default_name; print(default_name('cuda'))")
+  cp "twinfer/calibration/profiles/$name.json" $camp/profiles/
+  {
+    log "gemv tuning table"
+    timeout -k 5 150 python3 -m twinfer.calibration.gemv_tune \
+      --out twinfer/kernels/gemv_tables.json 2>&1 | grep -v OutOfResources | tail -24
+    cp twinfer/kernels/gemv_tables.json $camp/
+    log "calibrate --ops gemm,elementwise -> $name"
+    timeout -k 5 200 python3 -m twinfer.cli calibrate --ops gemm,elementwise \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -3
+    log "campaign tp1 (overheads + matrix)"
+    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
+      --run-timeout-s 120 --time-budget-s $(( $(left) - 40 )) 2>&1 | tail -24
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1 [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20
