@@ -83,3 +83,19 @@ def test_mpiexec_command_and_environment():
     if "--bind-to" in cmd:  # Open MPI: no core binding, PYTHONPATH exported
         assert cmd[cmd.index("-x", cmd.index("--bind-to")) + 1] == "PYTHONPATH"
         assert ("--allow-run-as-root" in cmd) == (os.geteuid() == 0)
+
+
+def test_the_warm_up_packs_what_the_first_prefill_step_will():
+    """The warm-up serve uses the first prefill step's prompts (budget, running cap,
+    micro-batch share), or the longest prompt alone when that is longer."""
+    from types import SimpleNamespace
+
+    from twinfer.exec.rank import warmup_prompts
+
+    sched = SimpleNamespace(max_prefill_tokens=1024, max_running=256)
+    assert warmup_prompts([256] * 4, sched, 1, 8192) == [256] * 4
+    assert warmup_prompts([512] * 16, sched, 1, 8192) == [512, 512]  # token budget
+    assert warmup_prompts([256] * 8, sched, 2, 8192) == [256] * 4  # PP: one group's share
+    assert warmup_prompts([100, 900], sched, 1, 8192) == [100, 900]
+    assert warmup_prompts([8, 4000], sched, 1, 8192) == [1024]  # the longest, clipped
+    assert warmup_prompts([4], sched, 1, 8192) == [16]

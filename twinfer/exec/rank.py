@@ -17,6 +17,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
+from math import ceil
 
 from twinfer.exec.diag import arm_stack_dump, op_profile, phase, warn
 from twinfer.exec.launch import ExecArgs, rendezvous_address
@@ -265,14 +266,12 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
     engine = Engine.build(scenario.model, groups, scenario.scheduler, opts, control)
     phase(rank, f"engine built: {engine.num_blocks} KV pages")
     if args.warmup and device.type == "cuda":  # compile kernels outside the timings
-        # One prompt as long as the workload's longest (up to a prefill step's budget),
-        # so that the first measured prefill does not pay the first use of its shapes
-        # (kernel specializations, library heuristics, allocator growth).
-        warm = max(16, min(max(r.prompt_tokens for r in config.requests),
-                           scenario.scheduler.max_prefill_tokens,
-                           scenario.model.max_position - 4))
-        phase(rank, f"warm-up serve ({warm} prompt tokens)")
-        engine.serve([Sequence(-1, 0.0, [1] * warm, 4)], ServeOptions(wall_clock_arrivals=False))
+        prompts = warmup_prompts([r.prompt_tokens for r in sorted(
+            config.requests, key=lambda r: r.arrival_s)], scenario.scheduler,
+            groups.pipeline.micro_batches, scenario.model.max_position - 4)
+        phase(rank, f"warm-up serve ({len(prompts)} prompts, {sum(prompts)} tokens)")
+        engine.serve([Sequence(-1 - i, 0.0, [1] * n, 4) for i, n in enumerate(prompts)],
+                     ServeOptions(wall_clock_arrivals=False))
     session.engine = engine
     session.info = {
         "rank": rank, "pipeline": groups.pipeline_index, "stage": groups.stage_index,
@@ -280,6 +279,26 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
         "driver": groups.is_driver, "device": _device_name(device), **engine.info,
         "num_blocks": engine.num_blocks, "page_size": scenario.scheduler.kv_block_tokens}
     return session
+
+
+def warmup_prompts(prompts: list[int], sched, micro_batches: int, longest: int) -> list[int]:
+    """Prompt lengths for the warm-up serve: what the first prefill step will pack (the
+    workload's first prompts, up to the step's token budget, its running cap and one
+    micro-batch group's share), and at least the longest prompt alone, so that no
+    measured prefill pays the first use of its shapes (kernel specializations, library
+    heuristics, allocator growth). A packed first step of four 256-token prompts was
+    seen to take 7-9 ms more than its kernels when the warm-up had used one 256-token
+    prompt (docs/VALIDATION.md)."""
+    budget = sched.max_prefill_tokens
+    cap = min(sched.max_running, ceil(len(prompts) / max(1, micro_batches)))
+    first, tokens = [], 0
+    for n in (min(n, budget, longest) for n in prompts):
+        if first and (tokens + n > budget or len(first) >= cap):
+            break
+        first.append(n)
+        tokens += n
+    alone = max(16, min(max(prompts, default=16), budget, longest))
+    return first if max(first, default=0) >= alone else [alone]
 
 
 def _device(choice: str, local_rank: int):
