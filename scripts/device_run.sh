@@ -185,9 +185,10 @@ overheads2)
       2>&1 | tail -8
     log "campaign matrix tp2, pp2"
     timeout -k 5 $(( $(left) - 150 )) python3 -m twinfer.calibration.campaign --out $camp \
-      --layouts tp2,pp2 --contexts 512,4096,32768 --batches 1,16,64 --stages matrix \
-      --run-timeout-s 120 --time-budget-s $(( $(left) - 190 )) 2>&1 | tail -24
-    for sc in fa_pool_h200_base1_pool1 kv_sharded_decode; do
+      --layouts tp2,pp2 --contexts ${CONTEXTS:-512,4096,32768} --batches 1,16,64 \
+      --stages matrix --run-timeout-s 120 --time-budget-s $(( $(left) - ${SCEN_S:-190} )) \
+      2>&1 | tail -24
+    for sc in ${SCENARIOS-fa_pool_h200_base1_pool1 kv_sharded_decode}; do
       log "scenario $sc"
       timeout -k 5 70 python3 -m twinfer.exec scenarios/$sc.yaml --device cuda \
         --arrivals batch --out /tmp/res/$sc.json 2>&1 | tail -3
