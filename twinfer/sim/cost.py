@@ -324,15 +324,22 @@ class CostModel:
         """From the graph-replayed samples of this very (op, ranks, link), up to their
         largest size (below the smallest: its time); None where there are none."""
         fit = self.profile.collective(link, op, ranks)
-        if fit is None or not fit.graph_samples:
+        if fit is None:
             return None
-        label = f"{self.name} {op} {link} ranks={ranks} (CUDA graph)"
-        series = self._collective_series(fit.graph_samples, label)
+        return self._within(fit.graph_samples, nbytes, "graph-replayed",
+                            f"{self.name} {op} {link} ranks={ranks} (CUDA graph)")
+
+    def _within(self, samples: list, nbytes: float, what: str, label: str) -> float | None:
+        """Interpolated from ``samples`` up to their largest size (below the smallest:
+        its time); None without samples or above them."""
+        if not samples:
+            return None
+        series = self._collective_series(samples, label)
         if nbytes > series.hi:
             return None
         t, _ = series.at(nbytes)
-        self.provenance.note(("coll", "graph", label), f"{label}: interpolated over "
-                             f"{len(series)} graph-replayed sizes up to {series.hi:g} B")
+        self.provenance.note(("coll", what, label), f"{label}: interpolated over "
+                             f"{len(series)} {what} sizes up to {series.hi:g} B")
         return t
 
     def _oneshot_all_reduce(self, nbytes: float, ranks: int, link: str,
@@ -345,17 +352,10 @@ class CostModel:
         if fit is None:
             return None
         samples = fit.oneshot_graph_samples if graphed else fit.oneshot_samples
-        if not samples:
-            return None
         how = "CUDA graph" if graphed else "eager"
-        label = f"{self.name} all_reduce {link} ranks={ranks} (one-shot symm-mem, {how})"
-        series = self._collective_series(samples, label)
-        if nbytes > series.hi:
-            return None
-        t, _ = series.at(nbytes)
-        self.provenance.note(("coll", "oneshot", label), f"{label}: interpolated over "
-                             f"{len(series)} sizes up to {series.hi:g} B")
-        return t
+        return self._within(samples, nbytes, "one-shot",
+                            f"{self.name} all_reduce {link} ranks={ranks} "
+                            f"(one-shot symm-mem, {how})")
 
     def check_link(self, link: str) -> None:
         """Raise now, not mid-simulation, if collectives over ``link`` cannot be priced."""
