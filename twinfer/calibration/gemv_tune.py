@@ -112,7 +112,7 @@ def tune_shape(n: int, k: int, time_op, sms: int) -> dict:
 
 def write_table(path: Path, device_name: str, entries: dict) -> None:
     doc = read_tables(path)
-    doc[device_name] = entries
+    doc.setdefault(device_name, {}).update(entries)  # a subset run keeps the other shapes
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)

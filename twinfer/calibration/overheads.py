@@ -174,7 +174,7 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     graph_docs = [d for d in docs if d["summary"].get("cuda_graphs")]
     if not (graph_docs and eager_docs):
         graph_docs, eager_docs = docs, []
-    rows = _one_stage_rows(graph_docs, bare)
+    rows = graph_rows = _one_stage_rows(graph_docs, bare)
     if len(rows) < 2:
         raise SpecError("--from-exec", "no one-stage executor steps to fit overheads to",
                         "give results of runs without pipeline stages (pp=1)")
@@ -200,18 +200,15 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
         prefill_step_s = max(0.0, float(np.mean(left)))
     eager = None
     if eager_docs:
-        eager = _fit_eager(_one_stage_rows(eager_docs, bare), step_s, per_layer_s,
-                           follower_step_s)
+        eager_rows = _one_stage_rows(eager_docs, bare)
+        eager = _fit_eager(eager_rows, step_s, per_layer_s, follower_step_s)
         if eager is not None and prefill_step_s is not None:
-            with_tp = [r for r in _one_stage_rows(graph_docs, bare) + _one_stage_rows(
-                eager_docs, bare) if r.phase == "prefill" and r.gpus > 1]
+            with_tp = [r for r in graph_rows + eager_rows
+                       if r.phase == "prefill" and r.gpus > 1]
             eager = _fit_prefill_floor(eager, with_tp, prefill_step_s, per_layer_s,
                                        follower_step_s)
 
-    def device_s(r: StepReplay) -> float:  # the rows here are one-GPU: no prefill floor
-        return r.kernels_s
-
-    resid = [r.measured_s - device_s(r) - per_layer_s * r.layers
+    resid = [r.measured_s - r.kernels_s - per_layer_s * r.layers
              - (prefill_step_s if r.phase == "prefill" and prefill_step_s is not None
                 else step_s) for r in rows]
     rms = float(np.sqrt(np.mean(np.square(resid))))
