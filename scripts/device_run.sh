@@ -48,6 +48,11 @@ trap 'kill $smi 2>/dev/null' EXIT
 mp="mpirun --allow-run-as-root -np 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST -x TWINFER_TRACEBACK"
 camp=/tmp/campaign
 mkdir -p $camp/profiles
+# the shipped profile of this GPU type into the campaign directory; sets $name
+shipped_profile() {
+  name=$(python3 -c "from twinfer.calibration.device import default_name; print(default_name('cuda'))")
+  cp "twinfer/calibration/profiles/$name.json" $camp/profiles/
+}
 
 case "$mode" in
 single)
@@ -202,8 +207,7 @@ overheads2)
 matrix1)
   # one GPU: refresh the shipped profile's peaks, sustained fraction and element-wise
   # curve on this GPU, then the TP=1 matrix against it (overheads fitted on two GPUs)
-  name=$(python3 -c "from twinfer.calibration.device import default_name; print(default_name('cuda'))")
-  cp "twinfer/calibration/profiles/$name.json" $camp/profiles/
+  shipped_profile
   {
     log "calibrate --ops elementwise (peaks, the prefill GEMMs sustained, element-wise)"
     timeout -k 5 120 python3 -m twinfer.cli calibrate --ops elementwise \
@@ -229,8 +233,7 @@ refresh1)
   # one GPU, everything this session's executor needs measured on it: the GEMV table,
   # the GEMM sweep through it, peaks / sustained (prefill GEMMs) / element-wise, then
   # the TP=1 overhead runs (with and without graphs) and the TP=1 matrix
-  name=$(python3 -c "from twinfer.calibration.device import default_name; print(default_name('cuda'))")
-  cp "twinfer/calibration/profiles/$name.json" $camp/profiles/
+  shipped_profile
   {
     log "gemv tuning table"
     timeout -k 5 150 python3 -m twinfer.calibration.gemv_tune \

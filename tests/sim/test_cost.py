@@ -69,9 +69,14 @@ def test_sustained_fraction_slows_compute_bound_work_only():
     assert burst.prefill_attention_s(8192, 8, 8, 128) == approx(2e-3)
 
 
+def line(alpha_s: float, bytes_per_s: float, sizes) -> list[dict]:
+    """Collective samples on an alpha-beta line at ``sizes``."""
+    return [{"bytes": b, "time_s": alpha_s + b / bytes_per_s} for b in sizes]
+
+
 def test_graphed_collectives_use_the_graph_replayed_samples_in_their_range():
-    eager = [{"bytes": b, "time_s": 25e-6 + b / 300e9} for b in (4096, 65536, 1 << 20, 16 << 20)]
-    graph = [{"bytes": b, "time_s": 8e-6 + b / 300e9} for b in (4096, 65536, 1 << 20)]
+    eager = line(25e-6, 300e9, (4096, 65536, 1 << 20, 16 << 20))
+    graph = line(8e-6, 300e9, (4096, 65536, 1 << 20))
     coll = {"nvlink": {"all_reduce": {"2": {"alpha_s": 25e-6, "bytes_per_s": 300e9,
                                             "samples": eager, "graph_samples": graph}}}}
     c = CostModel(make_profile(collectives=coll), "bf16")
@@ -100,10 +105,10 @@ def test_graphed_collectives_use_the_graph_replayed_samples_in_their_range():
 def test_all_reduces_up_to_the_one_shot_range_are_priced_as_the_executor_sends_them():
     """The executor sends all-reduces up to the largest size its one-shot symmetric-memory
     kernel was calibrated at through that kernel, the rest through NCCL."""
-    eager = [{"bytes": b, "time_s": 25e-6 + b / 300e9} for b in (4096, 65536, 1 << 20, 16 << 20)]
-    graph = [{"bytes": b, "time_s": 8e-6 + b / 300e9} for b in (4096, 65536, 1 << 20)]
-    oneshot = [{"bytes": b, "time_s": 6e-6 + b / 200e9} for b in (4096, 65536, 262144)]
-    oneshot_graph = [{"bytes": b, "time_s": 3e-6 + b / 200e9} for b in (4096, 65536, 262144)]
+    eager = line(25e-6, 300e9, (4096, 65536, 1 << 20, 16 << 20))
+    graph = line(8e-6, 300e9, (4096, 65536, 1 << 20))
+    oneshot = line(6e-6, 200e9, (4096, 65536, 262144))
+    oneshot_graph = line(3e-6, 200e9, (4096, 65536, 262144))
     coll = {"nvlink": {"all_reduce": {"2": {
         "alpha_s": 25e-6, "bytes_per_s": 300e9, "samples": eager, "graph_samples": graph,
         "oneshot_samples": oneshot, "oneshot_graph_samples": oneshot_graph}}}}

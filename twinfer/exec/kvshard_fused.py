@@ -12,11 +12,11 @@ needs (flags zeroed everywhere before anyone pushes) is a ``dist.barrier``.
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 import torch.distributed as dist
 
+from twinfer.exec.symm_allreduce import enable_group
 from twinfer.kernels.peer_combine import (
     DecodeShape,
     KvShard,
@@ -49,12 +49,7 @@ def _symmetric(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
 def allocate_peer_buffers(shape: DecodeShape, group: dist.ProcessGroup,
                           device: torch.device) -> PeerBuffers:
     """Collective: every rank of ``group`` calls it with the same ``shape``."""
-    import torch.distributed._symmetric_memory as symm_mem
-
-    if hasattr(symm_mem, "enable_symm_mem_for_group"):
-        with warnings.catch_warnings():  # deprecated (a no-op) in newer torch
-            warnings.simplefilter("ignore")
-            symm_mem.enable_symm_mem_for_group(group.group_name)
+    enable_group(group.group_name)
     tensors = {name: _symmetric(s, dt, device, group)
                for name, (s, dt) in shape.buffer_shapes().items()}
     # Flags must be zero on every rank before any rank's first push lands.

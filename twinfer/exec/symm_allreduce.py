@@ -55,6 +55,17 @@ def why_unavailable(group: dist.ProcessGroup | None, device: torch.device) -> st
     return None
 
 
+def enable_group(group_name: str) -> None:
+    """Let ``group_name`` rendezvous symmetric memory (needed by torch <= 2.11; a
+    deprecated no-op in newer torch). Shared with the fused KV-sharded exchange."""
+    import torch.distributed._symmetric_memory as symm_mem
+
+    if hasattr(symm_mem, "enable_symm_mem_for_group"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            symm_mem.enable_symm_mem_for_group(group_name)
+
+
 class SymmAllReduce:
     """One-shot all-reduce of messages up to ``max_bytes`` within ``group``.
 
@@ -71,10 +82,7 @@ class SymmAllReduce:
         self.group_name = group.group_name
         self.max_bytes = max_bytes
         self.ranks = dist.get_world_size(group)
-        if hasattr(symm_mem, "enable_symm_mem_for_group"):
-            with warnings.catch_warnings():  # deprecated (a no-op) in newer torch
-                warnings.simplefilter("ignore")
-                symm_mem.enable_symm_mem_for_group(self.group_name)
+        enable_group(self.group_name)
         elems = max_bytes // dtype.itemsize
         self.buffers = []
         for _ in range(2):
