@@ -249,7 +249,38 @@ refresh1)
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1 [budget_s]" >&2; exit 2 ;;
+diag4)
+  # fourth session, two GPUs: decode attention as the sweep times it and as the executor
+  # runs it; the first prefill of fresh TP=1 b1 c512 runs (one and two warm-up serves);
+  # the overhead runs (now with 32-request and PP=2 runs) and the whole TP=2 / PP=2
+  # matrix again, with the host-time instrumentation of this session
+  shipped_profile
+  {
+    log "decode attention: sweep vs in situ (GPU 0)"
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 180 python3 scripts/decode_in_situ.py \
+      --out /tmp/res/decode_in_situ.json 2>&1 | tail -12
+    python3 -c "import json; d = json.load(open('docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json')); open('/tmp/first.yaml', 'w').write(json.dumps(d['scenario']))"
+    for i in 1 2 3 4 5; do
+      ws=1; [ $i -gt 3 ] && ws=2
+      log "first prefill: tp1 b1 c512 run $i, $ws warm-up serve(s) (GPU 0)"
+      TWINFER_WARMUP_SERVES=$ws CUDA_VISIBLE_DEVICES=0 timeout -k 5 90 python3 -m twinfer.exec \
+        /tmp/first.yaml --device cuda --arrivals batch --out /tmp/res/first-$i-w$ws.json \
+        2>&1 | grep -i "ttft\|error\|failed" | head -3
+    done
+    log "campaign overheads (tp1 b4/b32, tp2, pp2 b4/b32; graphs and eager)"
+    timeout -k 5 300 python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp1,tp2,pp2 --stages overheads --run-timeout-s 100 --time-budget-s 270 \
+      2>&1 | tail -12
+    log "campaign matrix tp2, pp2"
+    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp2,pp2 --contexts 512,4096,32768 --batches 1,16,64 \
+      --stages matrix --run-timeout-s 120 --time-budget-s $(( $(left) - 60 )) \
+      2>&1 | tail -24
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    tar czf "$OUT/results.tgz" -C /tmp res
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4 [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20

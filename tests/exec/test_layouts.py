@@ -35,10 +35,18 @@ def test_layout_matches_single_process_reference(name, exec_run, check_reference
     assert {s["phase"] for s in doc["steps"]} == {"prefill", "decode"}
     pipes = [sorted(g for st in p["stages"] for g in st["gpus"])
              for p in doc["placement"]["pipelines"]]
+    drivers = {r["rank"] for r in doc["ranks"] if r.get("driver")}
     for step in doc["steps"]:  # every rank timed every step of its pipeline
         assert sorted(map(int, step["ranks"])) == pipes[step["pipeline"]]
-        for rec in step["ranks"].values():
+        for rank, rec in step["ranks"].items():
             assert rec["compute_s"] >= 0 and rec["comm_s"] >= 0 and rec["wait_s"] >= 0
+            assert rec["host_s"] > 0
+            if int(rank) in drivers:  # on CPU the host runs the step, inside its wall
+                assert rec["host_s"] <= step["wall_s"]
+        host = step["host"]  # the driver's host time, split
+        assert set(host) == {"plan_s", "launch_s", "sample_s", "complete_s"}
+        assert min(host.values()) >= 0 and host["launch_s"] + host["sample_s"] <= step["wall_s"]
+        assert ("allocator" in step) == (step["phase"] == "prefill")
     if len(pipes) > 1:
         assert {r["pipeline"] for r in doc["requests"]} == set(range(len(pipes)))
     if "pp" in sc["layout"] or sc["layout"]["kind"] == "hetero":

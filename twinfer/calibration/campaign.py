@@ -6,9 +6,11 @@ pyyaml; rich is optional):
 
 1. **calibrate** the visible device (collectives when two or more GPUs are visible)
    into ``OUT/profiles/<name>.json`` and ``OUT/plots/<name>.png`` (resumable);
-2. **overheads**: two short TP=1 executor runs of the model with a quarter and all of
-   its layers, and with two GPUs and TP=2 in ``--layouts`` a TP=2 run; on GPUs the
-   same model once more at TP=1 (and TP=2) without CUDA graphs (``OUT/overheads/``).
+2. **overheads**: short TP=1 executor runs of the model with a quarter and all of its
+   layers (4 requests of 256 tokens) and one with a quarter of its layers and 32
+   requests; with two GPUs a TP=2 run (with ``tp2`` in ``--layouts``) and PP=2 runs
+   with 4 and 32 requests (with ``pp2``); on GPUs the same model once more at TP=1
+   (and TP=2) without CUDA graphs (``OUT/overheads/``).
    Their step timelines fit ``overheads.step_s``, ``per_layer_s``,
    ``follower_step_s`` and the eager steps' host floor (``eager_layer_s``,
    ``eager_tp_layer_s``) into the profile (``calibrate --from-exec``) - runs outside
@@ -207,15 +209,21 @@ def stage_overheads(cfg: CampaignConfig, runner: Runner, profile: tuple) -> None
 
     path, name, link = profile
     layers = model_preset(cfg.model).layers
-    runs = [("tp1", count, False) for count in sorted({max(1, layers // 4), layers})]
-    tp2 = "tp2" in cfg.layouts and _device_count(cfg.device) >= 2
+    quarter = max(1, layers // 4)
+    # (layout, batch, layers, eager)
+    runs = [("tp1", 4, count, False) for count in sorted({quarter, layers})]
+    runs.append(("tp1", 32, quarter, False))  # the host's time per sequence of a step
+    gpus = _device_count(cfg.device)
+    tp2 = "tp2" in cfg.layouts and gpus >= 2
     if tp2:
-        runs.append(("tp2", layers, False))  # a driver with a follower: follower_step_s
+        runs.append(("tp2", 4, layers, False))  # a driver with a follower: follower_step_s
+    if "pp2" in cfg.layouts and gpus >= 2:  # the host's share of a pipelined step
+        runs += [("pp2", 4, layers, False), ("pp2", 32, layers, False)]
     if cfg.device == "cuda":  # eager steps' host floor: eager_layer_s, eager_tp_layer_s
-        runs += [("tp1", layers, True)] + ([("tp2", layers, True)] if tp2 else [])
+        runs += [("tp1", 4, layers, True)] + ([("tp2", 4, layers, True)] if tp2 else [])
     results = []
-    for layout, count, eager in runs:
-        doc = matrix_scenario(cfg, name, link, (layout, 4, 256, count))
+    for layout, batch, count, eager in runs:
+        doc = matrix_scenario(cfg, name, link, (layout, batch, 256, count))
         out = cfg.out / "overheads" / f"{doc['name']}{'_eager' if eager else ''}.json"
         if runner.run(doc, out, ("--no-cuda-graphs",) if eager else ()):
             results.append(out)

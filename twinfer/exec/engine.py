@@ -105,6 +105,32 @@ def sample(logits: torch.Tensor, temperature: float, gen: torch.Generator | None
     return torch.multinomial(probs, 1, generator=gen).squeeze(1).tolist()
 
 
+class AllocatorCounters:
+    """What the caching allocator did between two reads: ``cudaMalloc`` calls and
+    out-of-memory retries (each a cache flush and a device sync). A step that needs new
+    device memory pays for it in its own time; the results record it for prefill steps
+    (docs/RESULTS.md), whose workspace is the largest. Empty on CPU."""
+
+    KEYS = {"num_device_alloc": "device_allocs", "num_device_free": "device_frees",
+            "num_alloc_retries": "alloc_retries"}
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.last = self._read()
+
+    def _read(self) -> dict[str, int]:
+        if self.device.type != "cuda":
+            return {}
+        stats = torch.cuda.memory_stats(self.device)
+        return {name: int(stats.get(key, 0)) for key, name in self.KEYS.items()}
+
+    def delta(self) -> dict[str, int]:
+        now = self._read()
+        out = {k: v - self.last.get(k, 0) for k, v in now.items()}
+        self.last = now
+        return out
+
+
 class Engine:
     def __init__(self, runner: StageRunner, control: ControlPlane | LocalControl,
                  sched: SchedulerSpec, opts: EngineOptions, num_blocks: int) -> None:
@@ -285,15 +311,18 @@ class Engine:
             gen.manual_seed(opts.seed)
         report = ServeReport(self.control.rank, [])
         inflight: deque = deque()
+        allocator = AllocatorCounters(self.runner.device)
         t0 = time.perf_counter()
         while True:
             now = time.perf_counter() - t0 if opts.wall_clock_arrivals else float("inf")
             while len(inflight) < cfg.micro_batches:
+                t_plan = time.perf_counter()
                 plan = sched.next_plan(now)
                 if plan is None:
                     break
                 self.control.send_plan(plan)
-                inflight.append((plan, time.perf_counter() - t0, sched.kv_usage()))
+                t_sent = time.perf_counter()
+                inflight.append((plan, t_sent - t0, sched.kv_usage(), t_sent - t_plan))
             if not inflight:
                 if sched.done:
                     break
@@ -302,10 +331,13 @@ class Engine:
                     raise RuntimeError("scheduler stalled: requests wait but none can start")
                 time.sleep(max(0.0, arrival - (time.perf_counter() - t0)))
                 continue
-            plan, start, (kv_tokens, kv_pages) = inflight.popleft()
+            plan, start, (kv_tokens, kv_pages), plan_s = inflight.popleft()
+            t_step = time.perf_counter()
             logits = self.runner.step(plan)
+            t_sample = time.perf_counter()
             tokens = sample(logits, opts.temperature, gen)  # syncs: tokens to the host
             end = time.perf_counter() - t0
+            sample_s = end + t0 - t_sample
             if opts.keep_logits:
                 for rid, row in zip(plan.rids, logits.cpu().numpy(), strict=True):
                     report.logits.setdefault(rid, []).append(row)
@@ -319,7 +351,12 @@ class Engine:
                 "tokens": plan.num_tokens, "context_tokens": plan.context_tokens,
                 "start_s": start, "wall_s": end - start,
                 "kv_pages_used": kv_pages, "kv_tokens": kv_tokens,
+                "host": {"plan_s": plan_s, "launch_s": t_sample - t_step,
+                         "sample_s": sample_s,
+                         "complete_s": time.perf_counter() - t0 - end},
             })
+            if plan.phase == "prefill":
+                report.steps[-1]["allocator"] = allocator.delta()
         self.control.send_plan(None)
         self.control.flush()
         report.kv_peak_pages = sched.alloc.peak_used

@@ -269,9 +269,10 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
         prompts = warmup_prompts([r.prompt_tokens for r in sorted(
             config.requests, key=lambda r: r.arrival_s)], scenario.scheduler,
             groups.pipeline.micro_batches, scenario.model.max_position - 4)
-        phase(rank, f"warm-up serve ({len(prompts)} prompts, {sum(prompts)} tokens)")
-        engine.serve([Sequence(-1 - i, 0.0, [1] * n, 4) for i, n in enumerate(prompts)],
-                     ServeOptions(wall_clock_arrivals=False))
+        for _ in range(warmup_serves()):
+            phase(rank, f"warm-up serve ({len(prompts)} prompts, {sum(prompts)} tokens)")
+            engine.serve([Sequence(-1 - i, 0.0, [1] * n, 4) for i, n in enumerate(prompts)],
+                         ServeOptions(wall_clock_arrivals=False))
     session.engine = engine
     session.info = {
         "rank": rank, "pipeline": groups.pipeline_index, "stage": groups.stage_index,
@@ -279,6 +280,18 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
         "driver": groups.is_driver, "device": _device_name(device), **engine.info,
         "num_blocks": engine.num_blocks, "page_size": scenario.scheduler.kv_block_tokens}
     return session
+
+
+WARMUP_SERVES_ENV = "TWINFER_WARMUP_SERVES"  # warm-up serves before the measured one
+
+
+def warmup_serves() -> int:
+    """How many warm-up serves run before the measured one (``TWINFER_WARMUP_SERVES``,
+    default 1; GPU runs with warm-up only)."""
+    value = os.environ.get(WARMUP_SERVES_ENV, "1")
+    if not value.isdigit():
+        raise SpecError(WARMUP_SERVES_ENV, f"{value!r} is not a count", "give 0, 1, 2, ...")
+    return int(value)
 
 
 def warmup_prompts(prompts: list[int], sched, micro_batches: int, longest: int) -> list[int]:

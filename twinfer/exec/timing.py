@@ -9,6 +9,13 @@ through this rank's stage). Three intervals are timed inside it:
   stage's compute: it is the pipeline bubble seen by this rank, plus the transfer);
 - ``compute_s``: the rest of the step's span.
 
+``host_s`` is the host's side of the same step: ``time.perf_counter`` from its begin to
+its end mark, i.e. how long Python took to enqueue the step (on CPU, to run it). A GPU
+step whose ``host_s`` is close to its ``span_s`` was paced by the host (the GPU waited
+for launches); one whose ``host_s`` is far below was paced by the GPU. ``host_begin_s``
+is the begin mark's raw ``perf_counter`` (the host's monotonic clock, the same for
+every rank of one node), so that the ranks' timelines can be laid side by side.
+
 On CUDA, intervals are CUDA event pairs on the current stream (the time the GPU spent,
 not the time Python took to enqueue); events come from a pool and are read back lazily,
 a few dozen steps later, so timing adds no synchronization. On CPU they are
@@ -33,6 +40,8 @@ LAG_STEPS = 32  # read CUDA events back this many steps later (long finished by 
 class _Pending:
     step: int
     graphed: bool
+    host_start: float = 0.0
+    host_s: float = 0.0  # perf_counter from begin to end: the host's enqueue time
     span: list = field(default_factory=list)  # [start, end]: events or floats
     comm: list = field(default_factory=list)  # [(start, end), ...]
     wait: list = field(default_factory=list)
@@ -57,7 +66,7 @@ class StepTimer:
         return ev
 
     def begin(self, step: int, graphed: bool = False) -> None:
-        self._open = _Pending(step, graphed)
+        self._open = _Pending(step, graphed, time.perf_counter())
         self._open.span.append(self._mark())
 
     def end(self) -> None:
@@ -65,6 +74,7 @@ class StepTimer:
         if pending is None:
             return
         pending.span.append(self._mark())
+        pending.host_s = time.perf_counter() - pending.host_start
         self._pending.append(pending)
         if not self.cuda or len(self._pending) > LAG_STEPS:
             self._resolve(1 if self.cuda else len(self._pending))
@@ -113,6 +123,8 @@ class StepTimer:
                 "compute_s": span - wait - (0.0 if p.graphed else comm),
                 "comm_s": None if p.graphed else comm,
                 "wait_s": wait,
+                "host_s": p.host_s,
+                "host_begin_s": p.host_start,
             })
 
     def flush(self) -> list[dict]:
