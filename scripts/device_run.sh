@@ -252,8 +252,8 @@ refresh1)
 diag4)
   # fourth session, two GPUs: decode attention as the sweep times it and as the executor
   # runs it; the first prefill of fresh TP=1 b1 c512 runs (one and two warm-up serves);
-  # the overhead runs (now with 32-request and PP=2 runs) and the whole TP=2 / PP=2
-  # matrix again, with the host-time instrumentation of this session
+  # the overhead runs (now with 32-request and PP=2 runs), with the host-time
+  # instrumentation of this session
   shipped_profile
   {
     log "decode attention: sweep vs in situ (GPU 0)"
@@ -271,16 +271,23 @@ diag4)
     timeout -k 5 300 python3 -m twinfer.calibration.campaign --out $camp \
       --layouts tp1,tp2,pp2 --stages overheads --run-timeout-s 100 --time-budget-s 270 \
       2>&1 | tail -12
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    tar czf "$OUT/results.tgz" -C /tmp res
+  } >> "$OUT/run.log" 2>&1
+  ;;
+matrix4)
+  # the same machine right after diag4 (or a fresh one): the whole TP=2 / PP=2 matrix
+  shipped_profile
+  {
     log "campaign matrix tp2, pp2"
     timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
       --layouts tp2,pp2 --contexts 512,4096,32768 --batches 1,16,64 \
       --stages matrix --run-timeout-s 120 --time-budget-s $(( $(left) - 60 )) \
       2>&1 | tail -24
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
-    tar czf "$OUT/results.tgz" -C /tmp res
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4 [budget_s]" >&2; exit 2 ;;
+*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4|matrix4 [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20
