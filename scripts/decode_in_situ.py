@@ -84,6 +84,8 @@ def point(batch: int, context: int, q_heads: int, kv_heads: int, layer_mb: int,
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info()
     blocks = int(pool_share * free // (LAYERS * 2 * PAGE * kv_heads * 128 * 2))
+    if blocks < batch * pages:
+        return {}  # the executor's cache would not hold this batch on this GPU either
     store = torch.zeros(LAYERS, 2, blocks, PAGE, kv_heads, 128, device=dev, dtype=dtype)
     store[:, :, : batch * pages].normal_()
     inorder = torch.arange(batch * pages, device=dev).view(batch, pages).int()
@@ -132,6 +134,8 @@ def main() -> None:
                 for batch in (1, 16):
                     row = point(batch, context, q_heads, kv_heads, layer_mb,
                                 args.pool_share, splits)
+                    if not row:
+                        continue
                     rows.append(row)
                     torch.cuda.empty_cache()
                     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v

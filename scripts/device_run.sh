@@ -287,7 +287,20 @@ matrix4)
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4|matrix4 [budget_s]" >&2; exit 2 ;;
+host1)
+  # one GPU: where eager steps' host time goes (scripts/host_profile.py), and decode
+  # attention as swept and in situ (scripts/decode_in_situ.py)
+  {
+    log "host profile (4 layers, no CUDA graphs)"
+    timeout -k 5 200 python3 scripts/host_profile.py --layers 4 \
+      --out /tmp/res/host_profile.txt 2>&1 | grep "host per layer"
+    log "decode attention: sweep vs in situ"
+    timeout -k 5 240 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
+      2>&1 | tail -12
+    tar czf "$OUT/results.tgz" -C /tmp res
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4|matrix4|host1 [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20
