@@ -90,7 +90,7 @@ def point(batch: int, context: int, q_heads: int, kv_heads: int, layer_mb: int,
     store[:, :, : batch * pages].normal_()
     inorder = torch.arange(batch * pages, device=dev).view(batch, pages).int()
     shuffled = torch.randperm(blocks, device=dev)[: batch * pages].view(batch, pages).int()
-    weights = torch.empty(int(layer_mb * 1e6) // 2, device=dev, dtype=dtype).view(64, -1)
+    weights = torch.empty(64, int(layer_mb * 1e6) // 128, device=dev, dtype=dtype)
     sink = torch.empty(weights.shape[1], device=dev, dtype=dtype)
 
     def layers(tab: torch.Tensor, num_splits: int | None = None, read: bool = False):

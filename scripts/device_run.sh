@@ -288,15 +288,26 @@ matrix4)
   } >> "$OUT/run.log" 2>&1
   ;;
 host1)
-  # one GPU: where eager steps' host time goes (scripts/host_profile.py), and decode
-  # attention as swept and in situ (scripts/decode_in_situ.py)
+  # one GPU: the kernels' GPU tests (the direct launch path), where eager steps' host
+  # time goes (scripts/host_profile.py), decode attention as swept and in situ
+  # (scripts/decode_in_situ.py), and fresh TP=1 b1 c512 runs (host-paced prefill)
+  log "gpu kernel tests" | tee -a "$OUT/run.log"
+  timeout -k 5 150 python3 -m pytest -q -m gpu tests/kernels -p no:cacheprovider \
+    -rfE --tb=short > "$OUT/tests.log" 2>&1
+  echo "exit $?" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
   {
-    log "host profile (4 layers, no CUDA graphs)"
-    timeout -k 5 200 python3 scripts/host_profile.py --layers 4 \
-      --out /tmp/res/host_profile.txt 2>&1 | grep "host per layer"
+    log "host profile (8 and 32 layers, no CUDA graphs)"
+    timeout -k 5 200 python3 scripts/host_profile.py --out /tmp/res/host_profile.txt \
+      2>&1 | head -8
     log "decode attention: sweep vs in situ"
-    timeout -k 5 240 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
-      2>&1 | tail -12
+    timeout -k 5 200 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
+      2>&1 | tail -8
+    python3 -c "import json; d = json.load(open('docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json')); open('/tmp/first.yaml', 'w').write(json.dumps(d['scenario']))"
+    for i in 1 2 3; do
+      log "tp1 b1 c512 run $i"
+      timeout -k 5 90 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
+        --out /tmp/res/first-$i.json 2>&1 | grep -i "ttft\|error\|failed" | head -3
+    done
     tar czf "$OUT/results.tgz" -C /tmp res
   } >> "$OUT/run.log" 2>&1
   ;;

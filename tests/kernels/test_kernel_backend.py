@@ -79,6 +79,40 @@ def test_launch_fast_path_passes_every_parameter_in_order(monkeypatch):
         (torch.float32, torch.device("cpu"), True), 16, float)
 
 
+def test_launch_direct_path_calls_the_launcher_without_hooks(monkeypatch):
+    # A compiled kernel exposing Triton 3.x's launcher: after the first launch, `launch`
+    # calls it with the current stream, the kernel handle, its packed metadata and no
+    # launch metadata or hooks, then the runtime arguments and the constexprs in order.
+    calls = []
+
+    class Compiled:
+        packed_metadata, function = ("meta",), "handle"
+
+        def run(self, *params):
+            calls.append(("direct", params))
+
+    class Kernel:
+        arg_names = ["x_ptr", "n", "BLOCK"]
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                calls.append(("jit", grid, args))
+                return Compiled()
+            return run
+
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
+    monkeypatch.setattr(backend, "launchable", lambda kernel: kernel)
+    monkeypatch.setattr(backend, "_compiled", {})
+    monkeypatch.setattr(backend, "_raw_stream", lambda: 1234)
+    kernel, constexprs = Kernel(), (("BLOCK", 64), ("num_warps", 4))
+    backend.launch(kernel, (3,), ("x", 7), constexprs, key="k")
+    backend.launch(kernel, (5, 2), ("y", 8), constexprs, key="k")
+    assert calls == [
+        ("jit", (3,), ("x", 7)),
+        ("direct", (5, 2, 1, 1234, "handle", ("meta",), None, None, None, "y", 8, 64)),
+    ]
+
+
 def test_decode_launch_key_separates_dtypes():
     # Same shapes, different dtype: two compiled kernels, never one reused for the other.
     from twinfer.kernels.decode import _launch_key, _plan

@@ -70,12 +70,37 @@ def launchable(kernel):
 # Launch fast path. Triton's JITFunction launch re-binds and re-specializes every
 # argument on each call, tens of microseconds of host time on a slow host: longer than
 # a decode step's kernel at small batch and context. After the first launch of a given
-# specialization, `launch` calls the compiled kernel directly. The caller's ``key`` must
-# capture everything Triton specializes on besides the constexprs: argument dtypes,
-# 16-byte alignment of pointers, and integers equal to 1 or divisible by 16 (passing the
-# integers themselves is simplest). Set FAST_LAUNCH = False to always take Triton's path.
-FAST_LAUNCH = True
+# specialization, `launch` calls the compiled kernel's launcher itself: the current
+# stream from torch, no launch hooks (Triton calls its two empty hook chains and builds
+# a metadata dict per launch otherwise), the kernel's handle and packed metadata as
+# Triton passes them (Triton 3.x: ``run(gx, gy, gz, stream, function, packed_metadata,
+# launch_metadata, enter_hook, exit_hook, *args)``). The caller's ``key`` must capture
+# everything Triton specializes on besides the constexprs: argument dtypes, 16-byte
+# alignment of pointers, and integers equal to 1 or divisible by 16 (passing the
+# integers themselves is simplest). ``TWINFER_LAUNCH=triton`` always takes Triton's
+# path; ``TWINFER_LAUNCH=runner`` calls the compiled kernel's own runner (hooks and all).
+FAST_LAUNCH = os.environ.get("TWINFER_LAUNCH", "direct") != "triton"
+DIRECT_LAUNCH = os.environ.get("TWINFER_LAUNCH", "direct") == "direct"
 _compiled: dict = {}
+
+
+def _raw_stream() -> int:
+    return torch._C._cuda_getCurrentRawStream(torch._C._cuda_getDevice())
+
+
+def _direct(compiled, tail: tuple):
+    """A launcher calling ``compiled``'s Triton launcher with no hooks, or None where
+    this Triton's compiled kernel does not look as expected (then its runner serves)."""
+    run, function = getattr(compiled, "run", None), getattr(compiled, "function", None)
+    meta = getattr(compiled, "packed_metadata", None)
+    if not DIRECT_LAUNCH or run is None or function is None or meta is None:
+        return None
+
+    def go(grid: tuple, args: tuple) -> None:
+        g = (*grid, 1, 1)
+        run(g[0], g[1], g[2], _raw_stream(), function, meta, None, None, None, *args, *tail)
+
+    return go
 
 
 def launch(kernel, grid, args: tuple, constexprs: tuple, key) -> None:
@@ -84,14 +109,17 @@ def launch(kernel, grid, args: tuple, constexprs: tuple, key) -> None:
     num_warps / num_stages)."""
     entry = _compiled.get(key) if FAST_LAUNCH else None
     if entry is not None:
-        compiled, tail = entry
-        compiled[(*grid, 1, 1)[:3]](*args, *tail)  # the compiled runner wants 3 dims
+        entry(grid, args)
         return
     constexprs = dict(constexprs)
     compiled = launchable(kernel)[grid](*args, **constexprs)
     if FAST_LAUNCH and not interpreting() and hasattr(compiled, "packed_metadata"):
         tail = tuple(constexprs[name] for name in kernel.arg_names[len(args):])
-        _compiled[key] = (compiled, tail)
+        direct = _direct(compiled, tail)
+        if direct is None:
+            def direct(grid: tuple, args: tuple, compiled=compiled, tail=tail) -> None:
+                compiled[(*grid, 1, 1)[:3]](*args, *tail)  # the runner wants 3 dims
+        _compiled[key] = direct
 
 
 def arg_key(args: tuple) -> tuple:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, interpreting, launchable, next_pow2, use_triton
+from twinfer.kernels.backend import Backend, arg_key, interpreting, launch, next_pow2, use_triton
 from twinfer.kernels.paged import paged_kv_append
 
 LOG2E = 1.4426950408889634
@@ -209,15 +209,16 @@ def prefill_attention(
         return out, (lse if return_lse else None)
     block_m, block_n, num_warps, num_stages = _tiles(head_dim)
     num_m_blocks = -(-max_seqlen // block_m)
-    launchable(_varlen_causal_kernel)[(num_m_blocks, batch, q_heads)](
-        q, k, v, cu_seqlens.to(torch.int32), out, lse,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0),
-        (head_dim ** -0.5 if sm_scale is None else sm_scale) * LOG2E, num_m_blocks,
-        GROUP=q_heads // kv_heads, HEAD_DIM=head_dim,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(head_dim)),
-        STORE_LSE=return_lse, UPCAST=interpreting(),
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    args = (q, k, v, cu_seqlens.to(torch.int32), out, lse,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), lse.stride(0),
+            (head_dim ** -0.5 if sm_scale is None else sm_scale) * LOG2E, num_m_blocks)
+    constexprs = (("GROUP", q_heads // kv_heads), ("HEAD_DIM", head_dim),
+                  ("BLOCK_M", block_m), ("BLOCK_N", block_n),
+                  ("BLOCK_D", max(16, next_pow2(head_dim))), ("STORE_LSE", return_lse),
+                  ("UPCAST", interpreting()),
+                  ("DOT_PRECISION", "ieee" if q.dtype == torch.float32 else "tf32"),
+                  ("num_warps", num_warps), ("num_stages", num_stages))
+    launch(_varlen_causal_kernel, (num_m_blocks, batch, q_heads), args, constexprs,
+           ("varlen", arg_key(args), constexprs))
     return out, (lse if return_lse else None)
