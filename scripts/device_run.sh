@@ -311,7 +311,24 @@ host1)
     tar czf "$OUT/results.tgz" -C /tmp res
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4|matrix4|host1 [budget_s]" >&2; exit 2 ;;
+refresh4)
+  # one GPU, fourth session: the executor's GPU tests, then the TP=1 overhead runs (one
+  # prompt per prefill step, 4 and 32 requests) and the TP=1 matrix with this session's
+  # executor (direct Triton launches, pinned plan inputs, host-time records)
+  shipped_profile
+  log "gpu exec tests" | tee -a "$OUT/run.log"
+  timeout -k 5 150 python3 -m pytest -q -m gpu tests/exec/test_gpu.py -p no:cacheprovider \
+    -rfE --tb=short > "$OUT/tests.log" 2>&1
+  echo "exit $?" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  {
+    log "campaign tp1 (overheads + matrix)"
+    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
+      --run-timeout-s 120 --time-budget-s $(( $(left) - 40 )) 2>&1 | tail -24
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4|matrix4|host1|refresh4 [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20

@@ -36,7 +36,9 @@ def test_matrix_scenarios_validate(tmp_path, layout, tp, pp):
 
 def test_overhead_runs_override_the_layer_count(tmp_path):
     doc = matrix_scenario(_cfg(tmp_path), "h100-sxm", "nvlink", ("tp1", 4, 256, 8))
-    assert scenario_from_dict(doc).model.layers == 8 and doc["name"].endswith("_L8")
+    scenario = scenario_from_dict(doc)
+    assert scenario.model.layers == 8 and doc["name"].endswith("_L8")
+    assert scenario.scheduler.max_prefill_tokens == 256  # one prompt per prefill step
 
 
 def test_points_whose_kv_does_not_fit_are_skipped(tmp_path):

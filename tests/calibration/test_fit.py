@@ -83,11 +83,41 @@ def test_decode_overheads_recover_a_negative_per_layer_term_under_graphs():
     # measured = kernels + 300 us - 24 us per layer (graph replay undercuts the sweeps)
     rows = [StepReplay("decode", 4, 4, k + 300e-6 - 24e-6 * layers, k, k, layers, 1)
             for layers in (8, 32) for k in (2e-3, 2.1e-3, 7e-3)]
-    step_s, per_layer_s = _fit_decode(rows, split=True, graphs=True)
+    step_s, per_layer_s, seq_s = _fit_decode(rows, split=True, graphs=True)
     assert step_s == pytest.approx(300e-6) and per_layer_s == pytest.approx(-24e-6)
+    assert seq_s == 0.0  # one batch size: no per-sequence term
     # without graphs the terms stay non-negative
-    step_s, per_layer_s = _fit_decode(rows, split=True, graphs=False)
+    step_s, per_layer_s, _ = _fit_decode(rows, split=True, graphs=False)
     assert step_s >= 0 and per_layer_s >= 0
+
+
+def test_decode_overheads_fit_a_per_sequence_term_across_batch_sizes():
+    from twinfer.calibration.overheads import _fit_decode
+    from twinfer.calibration.replay import StepReplay
+
+    # measured = kernels + 250 us - 20 us per layer + 8 us per sequence
+    rows = [StepReplay("decode", batch, batch, k + 250e-6 - 20e-6 * layers + 8e-6 * batch,
+                       k, k, layers, 1)
+            for layers, batch in ((8, 4), (32, 4), (8, 32)) for k in (2e-3, 5e-3)]
+    step_s, per_layer_s, seq_s = _fit_decode(rows, split=True, graphs=True)
+    assert (step_s, per_layer_s, seq_s) == pytest.approx((250e-6, -20e-6, 8e-6))
+    # steps that got faster with more sequences give no negative host time per sequence
+    rows = [StepReplay("decode", b, b, k + 250e-6 - 1e-6 * b, k, k, 8 * (1 + (b > 4)), 1)
+            for b in (4, 32) for k in (2e-3, 5e-3)]
+    assert _fit_decode(rows, split=True, graphs=True)[2] == 0.0
+
+
+def test_prefill_host_floor_from_the_recorded_host_time():
+    """One-GPU prefill steps that recorded their host time fit the floor
+    ``prefill_host_s + prefill_layer_s * layers`` (docs/PROFILE.md)."""
+    from twinfer.calibration.overheads import _fit_prefill_host
+    from twinfer.calibration.replay import StepReplay
+
+    rows = [StepReplay("prefill", 1, 256, 0.0, 0.0, 1e-3, layers, 1, host_s=8e-4 + 3.6e-4 * layers)
+            for layers in (8, 8, 32, 32)]
+    fixed, layer, n = _fit_prefill_host(rows)
+    assert (fixed, layer, n) == pytest.approx((8e-4, 3.6e-4, 4))
+    assert _fit_prefill_host([]) is None  # older results record no host time
 
 
 def test_runs_with_followers_fit_their_own_step_term(monkeypatch):

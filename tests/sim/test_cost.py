@@ -246,3 +246,24 @@ def test_eager_steps_take_at_least_the_hosts_launch_time():
     one_gpu = CostModel(make_profile(overheads={**over, "cuda_graphs": False}), "bf16")
     alone = StageCost(StageSpec(m, 1, 32, "nvlink", True, True), one_gpu)
     assert alone.step(decode)[0] == approx(32e-3)  # --no-cuda-graphs: eager decode
+
+
+def test_one_gpu_prefill_floor_and_the_drivers_time_per_sequence():
+    """A one-GPU prefill step takes at least ``prefill_host_s + layers x
+    prefill_layer_s`` (the host enqueueing it); the driver's stage adds ``seq_s`` per
+    sequence of any step, a follower stage none (docs/PROFILE.md)."""
+    m = model_preset("llama-3-8b")
+    over = {"cuda_graphs": True, "prefill_layer_s": 1e-3, "prefill_host_s": 1e-3,
+            "seq_s": 10e-6}
+    cost = CostModel(make_profile(overheads=over), "bf16")
+    bare = CostModel(make_profile(overheads={"cuda_graphs": True}), "bf16")
+    prompt = StepBatch(0, 0, ((64, 0),), 64, 1)
+    driver = StageCost(StageSpec(m, 1, 32, "nvlink", True, True), cost)
+    assert StageCost(StageSpec(m, 1, 32, "nvlink", True, True), bare).step(prompt)[0] < 33e-3
+    assert driver.step(prompt)[0] == approx(1e-3 + 32 * 1e-3 + 10e-6)
+    decode = StepBatch(decode_n=16, decode_ctx_sum=16 * 512, logits_n=16)
+    plain = StageCost(StageSpec(m, 1, 32, "nvlink", True, True), bare).step(decode)[0]
+    assert driver.step(decode)[0] == approx(plain + 16 * 10e-6)
+    follower = StageCost(StageSpec(m, 1, 16, "nvlink", True, False), cost)
+    lone = StageCost(StageSpec(m, 1, 16, "nvlink", True, False), bare)
+    assert follower.step(decode)[0] == approx(lone.step(decode)[0])

@@ -88,8 +88,10 @@ def matrix_scenario(cfg: CampaignConfig, profile: str, link: str, point: tuple) 
         "workload": {"requests": batch, "prompt_tokens": context,
                      "output_tokens": cfg.output_tokens, "arrival": {"kind": "batch"},
                      "seed": 0},
+        # an overhead run prefills one prompt per step: as many prefill steps as
+        # prompts to fit the prefill's host terms with
         "scheduler": {"max_running": max(256, batch),
-                      "max_prefill_tokens": max(8192, context)},
+                      "max_prefill_tokens": context if layers else max(8192, context)},
     }
 
 

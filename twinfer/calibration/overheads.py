@@ -113,6 +113,9 @@ class OverheadFit:
     follower_step_s: float = 0.0  # from runs with followers, over the one-GPU step_s
     follower_steps: int = 0
     eager: EagerFit | None = None  # from runs without CUDA graphs, when given
+    seq_s: float = 0.0  # host time per sequence of a step (runs with several batch sizes)
+    batch_sizes: int = 1  # distinct batch sizes among the decode steps fitted
+    prefill_host: tuple[float, float, int] | None = None  # (fixed s, per layer s, steps)
 
     def note(self, sources: list[str]) -> str:
         split = ("" if len(self.layer_counts) > 1 else
@@ -120,6 +123,12 @@ class OverheadFit:
         prefill = ("" if self.prefill_step_s is None else
                    f", prefill_step_s {self.prefill_step_s * 1e6:.1f} us "
                    f"({self.prefill_steps} prefill steps)")
+        if self.prefill_host is not None:
+            fixed, layer, n = self.prefill_host
+            prefill += (f", prefill floor {fixed * 1e6:.0f} us + {layer * 1e6:.1f} us per "
+                        f"layer (host time of {n} one-GPU prefill steps)")
+        if self.batch_sizes > 1:
+            prefill += f", seq_s {self.seq_s * 1e6:.2f} us ({self.batch_sizes} batch sizes)"
         if self.follower_steps:
             prefill += (f", follower_step_s {self.follower_step_s * 1e6:.1f} us "
                         f"({self.follower_steps} decode steps with followers)")
@@ -188,33 +197,60 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
         rows = alone
     counts = tuple(sorted({r.layers for r in rows}))
     decode = [r for r in rows if r.phase == "decode"] or rows
-    step_s, per_layer_s = _fit_decode(decode, len(counts) > 1, graphs)
+    step_s, per_layer_s, seq_s = _fit_decode(decode, len(counts) > 1, graphs)
     follower_step_s = 0.0
     if with_followers:
         follower_step_s = max(0.0, float(np.mean(
-            [r.measured_s - r.kernels_s - per_layer_s * r.layers - step_s for r in crowd])))
+            [r.measured_s - r.kernels_s - per_layer_s * r.layers - step_s - seq_s * r.batch
+             for r in crowd])))
     prefill = [r for r in rows if r.phase == "prefill"]
+    host = _fit_prefill_host([r for r in prefill if r.host_s is not None])
+
+    def prefill_floor(r: StepReplay) -> float:
+        return host[0] + host[1] * r.layers if host else 0.0
+
     prefill_step_s = None
     if prefill and decode is not rows:
-        left = [r.measured_s - r.kernels_s - per_layer_s * r.layers for r in prefill]
+        left = [r.measured_s - max(r.kernels_s, prefill_floor(r)) - per_layer_s * r.layers
+                - seq_s * r.batch for r in prefill]
         prefill_step_s = max(0.0, float(np.mean(left)))
     eager = None
     if eager_docs:
         eager_rows = _one_stage_rows(eager_docs, bare)
-        eager = _fit_eager(eager_rows, step_s, per_layer_s, follower_step_s)
+        eager = _fit_eager(eager_rows, step_s, per_layer_s, follower_step_s, seq_s)
         if eager is not None and prefill_step_s is not None:
             with_tp = [r for r in graph_rows + eager_rows
                        if r.phase == "prefill" and r.gpus > 1]
             eager = _fit_prefill_floor(eager, with_tp, prefill_step_s, per_layer_s,
                                        follower_step_s)
 
-    resid = [r.measured_s - r.kernels_s - per_layer_s * r.layers
-             - (prefill_step_s if r.phase == "prefill" and prefill_step_s is not None
-                else step_s) for r in rows]
-    rms = float(np.sqrt(np.mean(np.square(resid))))
+    def resid(r: StepReplay) -> float:
+        if r.phase == "prefill" and prefill_step_s is not None:
+            return (r.measured_s - max(r.kernels_s, prefill_floor(r)) - prefill_step_s
+                    - per_layer_s * r.layers - seq_s * r.batch)
+        return r.measured_s - r.kernels_s - step_s - per_layer_s * r.layers - seq_s * r.batch
+
+    rms = float(np.sqrt(np.mean(np.square([resid(r) for r in rows]))))
     return OverheadFit(step_s, per_layer_s, rms, len(rows), counts, bool(graphs),
                        _comm_share(docs), prefill_step_s, len(prefill), follower_step_s,
-                       len(crowd) if with_followers else 0, eager)
+                       len(crowd) if with_followers else 0, eager, seq_s,
+                       len({r.batch for r in decode}), host)
+
+
+def _fit_prefill_host(rows: list[StepReplay]) -> tuple[float, float, int] | None:
+    """(prefill_host_s, prefill_layer_s, steps): the driver's host time enqueueing a
+    one-GPU prefill step, ``fixed + per layer x layers``, by least squares over the
+    prefill steps that recorded it (this session's executor), None without any. With
+    one layer count everything is per layer. The step cannot end before its last
+    launch: the twin takes this as its floor."""
+    if not rows:
+        return None
+    host = np.array([r.host_s for r in rows])
+    layers = np.array([r.layers for r in rows], dtype=float)
+    if len(set(layers)) > 1:
+        coef, _ = fit_linear_nonneg(np.column_stack([np.ones(len(rows)), layers]), host)
+        return float(coef[0]), float(coef[1]), len(rows)
+    return 0.0, float(np.mean(host / layers)), len(rows)
 
 
 def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: float,
@@ -234,13 +270,14 @@ def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: 
 
 
 def _fit_eager(rows: list[StepReplay], step_s: float, per_layer_s: float,
-               follower_step_s: float) -> EagerFit | None:
+               follower_step_s: float, seq_s: float = 0.0) -> EagerFit | None:
     """Host time per layer from eager decode steps: what a step took beyond the step
     terms, per layer (``measured = max(kernels, layers * h) + terms``, inverted where
     the host bound; a step whose kernels bound it gives an upper bound of ``h``, which
     the floor then never exceeds for that step's shape)."""
     def host_s(r: StepReplay) -> float:
-        terms = step_s + per_layer_s * r.layers + (follower_step_s if r.gpus > 1 else 0.0)
+        terms = (step_s + per_layer_s * r.layers + seq_s * r.batch
+                 + (follower_step_s if r.gpus > 1 else 0.0))
         return max(0.0, r.measured_s - terms)
 
     decode = [r for r in rows if r.phase == "decode"]
@@ -262,24 +299,43 @@ def _fit_eager(rows: list[StepReplay], step_s: float, per_layer_s: float,
     return EagerFit(layer_s, n, bound, tp_layer_s, tp_n, tp_bound)
 
 
-def _fit_decode(rows: list[StepReplay], split: bool, graphs: bool) -> tuple[float, float]:
-    """(step_s, per_layer_s) of ``measured - kernels = step_s + per_layer_s * layers``:
-    least squares, ``per_layer_s`` free in sign with CUDA graphs (module doc), else NNLS;
-    ``step_s`` never negative."""
+def _fit_decode(rows: list[StepReplay], split: bool,
+                graphs: bool) -> tuple[float, float, float]:
+    """(step_s, per_layer_s, seq_s) of ``measured - kernels = step_s + per_layer_s *
+    layers + seq_s * batch``: least squares, ``per_layer_s`` free in sign with CUDA
+    graphs (module doc), else NNLS; ``step_s`` and ``seq_s`` never negative. ``seq_s``
+    is fitted only where the rows' batch sizes differ, ``per_layer_s`` where their
+    layer counts do."""
     extra = np.array([r.measured_s - r.kernels_s for r in rows])
-    layers = np.array([r.layers for r in rows], dtype=float)
-    if not split:
-        (step_s,), _ = fit_linear_nonneg(np.ones((len(rows), 1)), extra)
-        return float(step_s), 0.0
-    design = np.column_stack([np.ones(len(rows)), layers])
-    if graphs:
-        (step_s, per_layer_s), *_ = np.linalg.lstsq(design, extra, rcond=None)
-        if step_s >= 0:
-            return float(step_s), float(per_layer_s)
-        # a negative constant is no host time: refit through the origin
-        return 0.0, float(layers @ extra / (layers @ layers))
+    columns = [np.ones(len(rows))]
+    if split:
+        columns.append(np.array([r.layers for r in rows], dtype=float))
+    by_batch = len({r.batch for r in rows}) > 1
+    if by_batch:
+        columns.append(np.array([r.batch for r in rows], dtype=float))
+    design = np.column_stack(columns)
+    if graphs and split:
+        coef, *_ = np.linalg.lstsq(design, extra, rcond=None)
+        if by_batch and coef[-1] < 0:  # no negative host time per sequence: drop it
+            return (*_fit_decode_graphs(design[:, :2], extra), 0.0)
+        step_s, per_layer_s = _fit_decode_graphs(design[:, :2], extra - (
+            design[:, 2] * coef[2] if by_batch else 0.0))
+        return step_s, per_layer_s, float(coef[2]) if by_batch else 0.0
     coef, _ = fit_linear_nonneg(design, extra)
-    return float(coef[0]), float(coef[1])
+    coef = [float(c) for c in coef]
+    step_s = coef[0]
+    per_layer_s = coef[1] if split else 0.0
+    return step_s, per_layer_s, coef[-1] if by_batch else 0.0
+
+
+def _fit_decode_graphs(design: np.ndarray, extra: np.ndarray) -> tuple[float, float]:
+    """(step_s, per_layer_s) by least squares on [1, layers]; a negative constant is no
+    host time: then a fit through the origin."""
+    (step_s, per_layer_s), *_ = np.linalg.lstsq(design, extra, rcond=None)
+    if step_s >= 0:
+        return float(step_s), float(per_layer_s)
+    layers = design[:, 1]
+    return 0.0, float(layers @ extra / (layers @ layers))
 
 
 def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict:
@@ -291,6 +347,11 @@ def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict
         out["overheads"]["prefill_step_s"] = fit.prefill_step_s
     if fit.follower_steps:
         out["overheads"]["follower_step_s"] = fit.follower_step_s
+    if fit.batch_sizes > 1:
+        out["overheads"]["seq_s"] = fit.seq_s
+    if fit.prefill_host is not None:
+        out["overheads"]["prefill_host_s"] = fit.prefill_host[0]
+        out["overheads"]["prefill_layer_s"] = fit.prefill_host[1]
     if fit.eager is not None:
         out["overheads"]["eager_layer_s"] = fit.eager.layer_s
         if fit.eager.tp_steps:

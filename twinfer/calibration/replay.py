@@ -41,6 +41,8 @@ class StepReplay:
     layers: int  # layers of the pipeline's first stage
     stages: int
     gpus: int = 1  # GPUs of the pipeline: more than one means a driver with followers
+    host_s: float | None = None  # the driver's host time enqueueing its stage (recorded
+    # by this session's executor; None in older results)
 
 
 def check_results(doc: object, where: str = "results") -> dict:
@@ -116,6 +118,7 @@ def replay(doc: dict, profile: Profile | None = None) -> list[StepReplay]:
     type; default: the profiles the scenario resolves to)."""
     twin = build_twin(run_scenario(doc), profile_for_run(doc, profile))
     steps = doc["steps"]
+    drivers = {str(r["rank"]) for r in doc.get("ranks", []) if r.get("driver")}
     one_stage = all(len(p.stages) == 1 for p in twin.pipelines)
     measured = _measured_s(steps, one_stage)
     out = []
@@ -128,8 +131,15 @@ def replay(doc: dict, profile: Profile | None = None) -> list[StepReplay]:
         out.append(StepReplay(step["phase"], int(step["batch"]), int(step["tokens"]),
                               measured_s, predicted, kernels,
                               pipe.stages[0].spec.num_layers, len(pipe.stages),
-                              sum(len(g) for g in pipe.gpus)))
+                              sum(len(g) for g in pipe.gpus), _driver_host_s(step, drivers)))
     return out
+
+
+def _driver_host_s(step: dict, drivers: set[str]) -> float | None:
+    for rank, rec in step.get("ranks", {}).items():
+        if rank in drivers and rec.get("host_s") is not None:
+            return float(rec["host_s"])
+    return None
 
 
 def phase_totals(replays: list[StepReplay]) -> dict[str, dict[str, float]]:

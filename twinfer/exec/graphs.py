@@ -15,6 +15,7 @@ captured on their first b rows, so every graph reads the same addresses.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from twinfer.exec.attention import AttentionInput
@@ -30,11 +31,30 @@ def buckets_up_to(max_batch: int) -> list[int]:
     return sorted(set(sizes + [max_batch]))
 
 
+def pinned(a: np.ndarray) -> torch.Tensor:
+    """``a`` in page-locked host memory (torch's caching host allocator: no
+    ``cudaHostAlloc`` per call, and a block is not reused before the copies that read it
+    have run).
+
+    A copy to the GPU from pageable memory first waits for the stream to drain: a rank
+    could not enqueue its next step before its GPU finished the previous one, so with
+    pipeline stages (two micro-batches in flight) every step's host preparation sat on
+    the GPU's critical path. From pinned memory the copy is queued like a kernel."""
+    return torch.from_numpy(a).pin_memory()
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A plan's numpy array on ``device``, without waiting for the stream (see `pinned`)."""
+    if device.type != "cuda":
+        return torch.from_numpy(a).to(device)
+    return pinned(a).to(device, non_blocking=True)
+
+
 def decode_input(plan: Plan, device: torch.device) -> AttentionInput:
     """Unpadded device tensors of a decode plan (eager path)."""
 
     def t(a):
-        return torch.from_numpy(a).to(device, non_blocking=True)
+        return to_device(a, device)
 
     return AttentionInput(positions=t(plan.positions), slots=t(plan.slots),
                           block_table=t(plan.block_table), seq_lens=t(plan.seq_lens))
@@ -104,12 +124,12 @@ class DecodeGraphs:
         b = next(s for s in self.buckets if s >= n)
         self.x[:n].copy_(x)
         self.x[n:b].zero_()
-        self.positions[:n].copy_(torch.from_numpy(plan.positions))
-        self.slots[:n].copy_(torch.from_numpy(plan.slots))
+        self.positions[:n].copy_(pinned(plan.positions), non_blocking=True)
+        self.slots[:n].copy_(pinned(plan.slots), non_blocking=True)
         self.slots[n:b].fill_(-1)
-        self.seq_lens[:n].copy_(torch.from_numpy(plan.seq_lens))
+        self.seq_lens[:n].copy_(pinned(plan.seq_lens), non_blocking=True)
         self.seq_lens[n:b].zero_()
-        self.table[:n].copy_(torch.from_numpy(plan.block_table))
+        self.table[:n].copy_(pinned(plan.block_table), non_blocking=True)
         graph, out = self._graphs[b]
         graph.replay()
         return out[:n].clone()

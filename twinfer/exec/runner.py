@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from twinfer.exec.attention import AttentionInput
 from twinfer.exec.diag import debugging, phase
-from twinfer.exec.graphs import DecodeGraphs, decode_input
+from twinfer.exec.graphs import DecodeGraphs, decode_input, to_device
 from twinfer.exec.groups import Groups
 from twinfer.exec.kv_cache import KVCache
 from twinfer.exec.model import Transformer, packed_input
@@ -86,7 +86,7 @@ class StageRunner:
         dev = self.device
 
         def t(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(dev, non_blocking=True)
+            return to_device(a, dev)
 
         if plan.phase == "decode":
             return decode_input(plan, dev), torch.arange(plan.batch, device=dev)
@@ -99,7 +99,7 @@ class StageRunner:
     def _stage_input(self, plan: Plan) -> torch.Tensor:
         g = self.groups
         if g.is_first:
-            return torch.from_numpy(plan.tokens).to(self.device, non_blocking=True)
+            return to_device(plan.tokens, self.device)
         # [tokens, hidden]: the previous stage's residual stream
         x = torch.empty(plan.num_tokens, self.hidden, dtype=self._dtype(), device=self.device)
         if g.is_leader:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, arg_key, interpreting, launch, use_triton
+from twinfer.kernels.backend import Backend, arg_key, cdiv, interpreting, launch, use_triton
 
 BLOCK = 1024
 
@@ -48,6 +48,6 @@ def silu_mul(gate_up: torch.Tensor, *, backend: Backend = "auto") -> torch.Tenso
     if tokens:
         args = (gate_up, out, ffn, gate_up.stride(0), out.stride(0))
         constexprs = (("BLOCK", BLOCK), ("num_warps", 4))
-        launch(_silu_mul_kernel, (tokens, triton.cdiv(ffn, BLOCK)), args, constexprs,
+        launch(_silu_mul_kernel, (tokens, cdiv(ffn, BLOCK)), args, constexprs,
                ("silu_mul", arg_key(args), interpreting()))
     return out

@@ -47,6 +47,12 @@ def use_triton(backend: Backend, tensor: torch.Tensor) -> bool:
     return tensor.is_cuda or interpreting()
 
 
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division in plain Python (``triton.cdiv`` is a constexpr function in
+    Triton 3.x: microseconds per host call on a decode step's launch path)."""
+    return -(-a // b)
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (plain Python: ``triton.next_power_of_2`` costs
     microseconds per call, which add up in a decode step's launch path)."""

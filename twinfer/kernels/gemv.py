@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, arg_key, interpreting, launch, use_triton
+from twinfer.kernels.backend import Backend, arg_key, cdiv, interpreting, launch, use_triton
 
 ENV = "TWINFER_GEMV"
 MAX_M = 16
@@ -134,8 +134,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, config: GemvConfig = DE
     block_m = 1 if fma else 16
     split = max(1, config.split_k)
     # K per split: a multiple of BLOCK_K, so every program's tiles stay aligned
-    k_per_split = triton.cdiv(triton.cdiv(k, split), config.block_k) * config.block_k
-    split = triton.cdiv(k, k_per_split)
+    k_per_split = cdiv(cdiv(k, split), config.block_k) * config.block_k
+    split = cdiv(k, k_per_split)
     x = x.contiguous()
     atomic = split > 1
     out = (torch.zeros(m, n, dtype=torch.float32, device=x.device) if atomic
@@ -143,7 +143,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, config: GemvConfig = DE
     upcast = interpreting() and x.dtype == torch.bfloat16
     # fp32 as cuBLAS does it by default (no TF32); half types ignore it (tf32: Triton's default)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    grid = (triton.cdiv(n, config.block_n), split)
+    grid = (cdiv(n, config.block_n), split)
     args = (x, weight, out, m, n, k, k_per_split, x.stride(0), weight.stride(0), out.stride(0))
     constexprs = (("BLOCK_M", block_m), ("BLOCK_N", config.block_n),
                   ("BLOCK_K", config.block_k), ("FMA", fma), ("ATOMIC", atomic),

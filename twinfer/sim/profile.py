@@ -196,8 +196,14 @@ class Overheads(_Strict):
     eager_tp_layer_s: float = Field(0.0, ge=0, description="the same for a layer with TP "
                                     "collectives (each a c10d call from the host)")
     prefill_tp_layer_s: float = Field(0.0, ge=0, description="host time per layer of a "
-                                      "prefill step with TP collectives: its floor (0: none; "
-                                      "one-GPU prefill layers launch faster than they run)")
+                                      "prefill step with TP collectives: its floor (0: none)")
+    prefill_layer_s: float = Field(0.0, ge=0, description="host time per layer of a prefill "
+                                   "step on one GPU per stage: with prefill_host_s, the "
+                                   "floor of such a step (0: none)")
+    prefill_host_s: float = Field(0.0, ge=0, description="the fixed part of that floor "
+                                  "(embedding, final norm, LM head, inputs)")
+    seq_s: float = Field(0.0, ge=0, description="host time per sequence of a step on the "
+                         "driver (scheduling, sampling, the plan's arrays)")
     cuda_graphs: bool = False
     comm_overlap: float = Field(0.0, ge=0, le=1, description="share of TP collectives hidden")
 
@@ -212,7 +218,10 @@ class Overheads(_Strict):
         """The least time an eager step of ``layers`` layers takes: the host launches
         every kernel from Python, and the GPU cannot finish before the last launch."""
         if prefill:
-            return layers * self.prefill_tp_layer_s if tp > 1 else 0.0
+            if tp > 1:
+                return layers * self.prefill_tp_layer_s
+            return self.prefill_host_s + layers * self.prefill_layer_s if self.prefill_layer_s \
+                else 0.0
         return layers * (self.eager_tp_layer_s if tp > 1 else self.eager_layer_s)
 
     def fixed_s(self, layers: int, driver: bool, prefill: bool,

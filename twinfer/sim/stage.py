@@ -70,6 +70,7 @@ class StageCost:
         followers = spec.tp > 1 or not spec.first
         self.fixed_s = overheads.fixed_s(spec.num_layers, spec.last, False, followers)
         self.prefill_fixed_s = overheads.fixed_s(spec.num_layers, spec.last, True, followers)
+        self.seq_s = overheads.seq_s if spec.last else 0.0  # the driver's, per sequence
         self.comm_kept = 1.0 - overheads.comm_overlap
         self.graphs = overheads.cuda_graphs
         self.eager_floor_s = overheads.eager_floor_s(spec.num_layers, spec.tp)
@@ -116,8 +117,10 @@ class StageCost:
 
     def fixed_of(self, batch: StepBatch) -> float:
         """The profile's fixed overheads for this step: a step carrying prompt tokens
-        runs eager (the prefill overhead), a pure decode step replays a graph."""
-        return self.prefill_fixed_s if batch.prefill_tokens else self.fixed_s
+        runs eager (the prefill overhead), a pure decode step replays a graph; the driver
+        also spends ``seq_s`` per sequence of the step."""
+        fixed = self.prefill_fixed_s if batch.prefill_tokens else self.fixed_s
+        return fixed + self.seq_s * batch.logits_n
 
     def attention_s(self, batch: StepBatch) -> float:
         """All layers' attention: decodes over their contexts plus the prompt chunks."""
