@@ -113,10 +113,17 @@ def test_prefill_host_floor_from_the_recorded_host_time():
     from twinfer.calibration.overheads import _fit_prefill_host
     from twinfer.calibration.replay import StepReplay
 
-    rows = [StepReplay("prefill", 1, 256, 0.0, 0.0, 1e-3, layers, 1, host_s=8e-4 + 3.6e-4 * layers)
-            for layers in (8, 8, 32, 32)]
-    fixed, layer, n = _fit_prefill_host(rows)
-    assert (fixed, layer, n) == pytest.approx((8e-4, 3.6e-4, 4))
+    def rows(layers: int, run: int, hosts: list[float]) -> list[StepReplay]:
+        return [StepReplay("prefill", 1, 256, 0.0, 0.0, 1e-3, layers, 1, host_s=h, run=run)
+                for h in hosts]
+
+    line = [8e-4 + 3.6e-4 * layers for layers in (8, 32)]
+    # each run counts once by its median: run 2's many steps and its slow outlier
+    # do not pull the line
+    steps = rows(8, 0, [line[0]]) + rows(32, 1, [line[1]]) + rows(
+        8, 2, [line[0]] * 20 + [0.05])
+    fixed, layer, n = _fit_prefill_host(steps)
+    assert (fixed, layer, n) == pytest.approx((8e-4, 3.6e-4, 23))
     assert _fit_prefill_host([]) is None  # older results record no host time
 
 

@@ -61,7 +61,7 @@ hidden; the measured communication share is reported in the notes instead.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -164,13 +164,13 @@ def _comm_share(docs: list[dict]) -> float:
     return comm / span if span else 0.0
 
 
-def _one_stage_rows(docs: list[dict], bare: Profile) -> list[StepReplay]:
+def _one_stage_rows(docs: list[dict], bare: Profile, first_run: int = 0) -> list[StepReplay]:
     rows: list[StepReplay] = []
-    for doc in docs:
+    for i, doc in enumerate(docs, first_run):
         replays = replay(doc, bare)
         if any(r.stages > 1 for r in replays):
             continue  # micro-batches overlap: a step's wall time is not its own cost
-        rows += replays
+        rows += [replace(r, run=i) for r in replays]
     return rows
 
 
@@ -184,6 +184,7 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     if not (graph_docs and eager_docs):
         graph_docs, eager_docs = docs, []
     rows = graph_rows = _one_stage_rows(graph_docs, bare)
+    eager_rows = _one_stage_rows(eager_docs, bare, len(graph_docs)) if eager_docs else []
     if len(rows) < 2:
         raise SpecError("--from-exec", "no one-stage executor steps to fit overheads to",
                         "give results of runs without pipeline stages (pp=1)")
@@ -204,7 +205,10 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
             [r.measured_s - r.kernels_s - per_layer_s * r.layers - step_s - seq_s * r.batch
              for r in crowd])))
     prefill = [r for r in rows if r.phase == "prefill"]
-    host = _fit_prefill_host([r for r in prefill if r.host_s is not None])
+    # prefill runs eager with or without decode graphs: every one-GPU run's prefill
+    # steps tell the host's time per prefill layer
+    host = _fit_prefill_host([r for r in prefill + eager_rows if r.phase == "prefill"
+                              and r.gpus == 1 and r.host_s is not None])
 
     def prefill_floor(r: StepReplay) -> float:
         return host[0] + host[1] * r.layers if host else 0.0
@@ -216,7 +220,6 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
         prefill_step_s = max(0.0, float(np.mean(left)))
     eager = None
     if eager_docs:
-        eager_rows = _one_stage_rows(eager_docs, bare)
         eager = _fit_eager(eager_rows, step_s, per_layer_s, follower_step_s, seq_s)
         if eager is not None and prefill_step_s is not None:
             with_tp = [r for r in graph_rows + eager_rows
@@ -239,16 +242,24 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
 
 def _fit_prefill_host(rows: list[StepReplay]) -> tuple[float, float, int] | None:
     """(prefill_host_s, prefill_layer_s, steps): the driver's host time enqueueing a
-    one-GPU prefill step, ``fixed + per layer x layers``, by least squares over the
-    prefill steps that recorded it (this session's executor), None without any. With
-    one layer count everything is per layer. The step cannot end before its last
-    launch: the twin takes this as its floor."""
+    one-GPU prefill step, ``fixed + per layer x layers``, None without steps that
+    recorded it (older results). The step cannot end before its last launch: the twin
+    takes this as its floor.
+
+    Each run counts once, by the median of its steps: the host's speed differs from
+    process to process (the same 32-layer prefill enqueued in 12.7 ms in one H100 run
+    and 19.9 ms in the next, docs/VALIDATION.md), and a run with many prefill steps
+    should not outweigh the others. Non-negative least squares over the runs' (layers,
+    median) points; with one layer count everything is per layer."""
     if not rows:
         return None
-    host = np.array([r.host_s for r in rows])
-    layers = np.array([r.layers for r in rows], dtype=float)
+    runs: dict[int, list[StepReplay]] = {}
+    for r in rows:
+        runs.setdefault(r.run, []).append(r)
+    layers = np.array([group[0].layers for group in runs.values()], dtype=float)
+    host = np.array([np.median([r.host_s for r in group]) for group in runs.values()])
     if len(set(layers)) > 1:
-        coef, _ = fit_linear_nonneg(np.column_stack([np.ones(len(rows)), layers]), host)
+        coef, _ = fit_linear_nonneg(np.column_stack([np.ones(len(host)), layers]), host)
         return float(coef[0]), float(coef[1]), len(rows)
     return 0.0, float(np.mean(host / layers)), len(rows)
 
@@ -257,9 +268,8 @@ def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: 
                        per_layer_s: float, follower_step_s: float) -> EagerFit:
     """``prefill_tp_layer_s`` from prefill steps with TP collectives: what such a step took
     beyond the prefill step terms, per layer, averaged over the steps it bound (those
-    whose host time exceeded their kernels); 0 if none did. One-GPU prefill gets no
-    floor: in the overhead runs its layers launched faster than they ran."""
-    from dataclasses import replace
+    whose host time exceeded their kernels); 0 if none did. (One-GPU prefill has its own
+    floor, `_fit_prefill_host`.)"""
 
     hosts = [(r.measured_s - prefill_step_s - per_layer_s * r.layers - follower_step_s, r)
              for r in rows]

@@ -43,6 +43,7 @@ class StepReplay:
     gpus: int = 1  # GPUs of the pipeline: more than one means a driver with followers
     host_s: float | None = None  # the driver's host time enqueueing its stage (recorded
     # by this session's executor; None in older results)
+    run: int = 0  # which of several runs the step came from (set by the overheads fit)
 
 
 def check_results(doc: object, where: str = "results") -> dict:
