@@ -317,9 +317,11 @@ refresh4)
   # executor (direct Triton launches, pinned plan inputs, host-time records)
   shipped_profile
   log "gpu exec tests" | tee -a "$OUT/run.log"
-  timeout -k 5 150 python3 -m pytest -q -m gpu tests/exec/test_gpu.py -p no:cacheprovider \
-    -rfE --tb=short > "$OUT/tests.log" 2>&1
-  echo "exit $?" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  timeout -k 5 150 python3 -m pytest -q -m gpu tests/exec/test_gpu.py tests/exec/test_staging.py \
+    -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
+  code=$?
+  echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
   {
     log "campaign tp1 (overheads + matrix)"
     timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \

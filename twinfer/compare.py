@@ -171,6 +171,8 @@ class StepGroup:
     device_s: float  # mean device span of the step's slowest rank (nan if not recorded)
     predicted_s: float  # the twin's mean time for the same compositions
     kernels_s: float  # the same without the profile's fixed overheads
+    host_s: float = math.nan  # mean time the driver's host took to enqueue its stage
+    # (nan in results from before it was recorded)
 
     @property
     def error(self) -> float:
@@ -180,7 +182,8 @@ class StepGroup:
 def step_groups(doc: dict, profile: Profile | None = None) -> list[StepGroup]:
     """Every step of a run replayed through the cost model, grouped by composition, in
     order of first appearance. ``device_s`` against ``measured_s`` separates the time
-    the GPUs worked from the host's share; ``kernels_s`` against ``predicted_s`` the
+    the GPUs worked from the host's share, ``host_s`` near ``device_s`` says the host
+    paced the GPU (launch-bound); ``kernels_s`` against ``predicted_s`` the
     kernels from the fitted overheads: which term of the model a miss comes from."""
     groups: dict[tuple, list] = {}
     for step, rep in zip(doc["steps"], replay(doc, profile), strict=True):
@@ -195,7 +198,9 @@ def step_groups(doc: dict, profile: Profile | None = None) -> list[StepGroup]:
             float(np.mean([r.measured_s for r in reps])),
             float(np.mean([d for _, d in rows])),
             float(np.mean([r.predicted_s for r in reps])),
-            float(np.mean([r.kernels_s for r in reps]))))
+            float(np.mean([r.kernels_s for r in reps])),
+            float(np.mean([r.host_s for r in reps])) if all(
+                r.host_s is not None for r in reps) else math.nan))
     return out
 
 
@@ -205,8 +210,8 @@ def steps_table(groups: list[StepGroup], title: str):
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("phase", "batch", "tokens", "steps", "measured", "GPU span", "predicted",
-                "kernels", "error"):
+    for col in ("phase", "batch", "tokens", "steps", "measured", "GPU span", "host",
+                "predicted", "kernels", "error"):
         table.add_column(col, justify="left" if col == "phase" else "right")
 
     def ms(x: float) -> str:
@@ -214,7 +219,7 @@ def steps_table(groups: list[StepGroup], title: str):
 
     for g in groups:
         table.add_row(g.phase, str(g.batch), str(g.tokens), str(g.steps), ms(g.measured_s),
-                      ms(g.device_s), ms(g.predicted_s), ms(g.kernels_s),
+                      ms(g.device_s), ms(g.host_s), ms(g.predicted_s), ms(g.kernels_s),
                       f"{g.error:+.1%}" if math.isfinite(g.error) else "-")
     return table
 

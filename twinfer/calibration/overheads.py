@@ -5,8 +5,9 @@ step, launching each layer's kernels (gone where CUDA graphs replay decode), sam
 the plan broadcast. At small batch this dominates (Vidur leaves host overhead out by
 default, and its users report large errors against real engines). The twin charges
 ``overheads.step_s`` once per decode step and ``overheads.prefill_step_s`` once per
-prefill step on a pipeline's last stage (the driver's), and ``overheads.per_layer_s`` per layer on
-every stage (``twinfer.sim.stage``).
+prefill step on a pipeline's last stage (the driver's), plus ``overheads.seq_s`` per
+sequence of the step there, and ``overheads.per_layer_s`` per decode layer on every
+stage (``twinfer.sim.stage``).
 
 Runs with followers (TP > 1) cost the driver more per step: the plan's trip to the
 other ranks and their launch come before the step's collectives can run (0.43-0.65 ms
@@ -19,12 +20,19 @@ the cost model with the overheads left out (``replay``) and fits the rest,
 ``measured - kernels``, per phase, because the two phases run differently: decode
 replays a CUDA graph, prefill runs eager (its first step of a run also pays what the
 warm-up did not: new GEMM and attention shapes). Decode steps fit
-``step_s + per_layer_s * layers`` by least squares; with CUDA graphs ``per_layer_s``
-may come out negative, and is kept: the sweeps time each tiny decode kernel
-(a norm of one token, a 4 KB RoPE) at its launch-bound floor, which a graph replay
-undercuts, so summed sweep times overstate a 32-layer graph more than an 8-layer one.
-Without graphs both are non-negative (NNLS). Prefill steps then fit
-``prefill_step_s`` as the mean of what is left after ``per_layer_s``. No step is
+``step_s + per_layer_s * layers + seq_s * batch`` by least squares (``seq_s`` where
+the runs' batch sizes differ: the GPU campaign runs 4 and 32 requests); with CUDA
+graphs ``per_layer_s`` may come out negative, and is kept: the sweeps time each tiny
+decode kernel (a norm of one token, a 4 KB RoPE) at its launch-bound floor, which a
+graph replay undercuts, so summed sweep times overstate a 32-layer graph more than an
+8-layer one. Without graphs the terms are non-negative (NNLS).
+
+A one-GPU prefill step is eager and, at a few hundred tokens, paced by the host: the
+executor records the driver's host time enqueueing each step (``host_s``), and the
+prefill steps' host times fit its floor ``prefill_host_s + prefill_layer_s * layers``
+(each run once, by its median: the host's speed differs from process to process).
+Prefill steps then fit ``prefill_step_s`` as the mean of what is left after
+``max(kernels, floor)`` and ``seq_s``. No step is
 dropped as an outlier: the host's occasional stalls are part of what a served token
 costs, and mean TPOT and TPS include them. The layer term can only be told apart by
 runs whose layer counts differ; with one layer count everything goes to the step
@@ -47,11 +55,10 @@ collectives, each a c10d call), fitted from the decode steps of runs without gra
 TP=2): what each step took beyond the step terms, per layer. For prefill
 ``prefill_tp_layer_s``, fitted the same way from the prefill steps of the TP=2 overhead
 runs (after ``prefill_step_s``, which the one-GPU runs fit), over those the host bound.
-A one-GPU prefill gets no floor: on two H200s its eager decode layers took 0.6 ms of
-host time each, but its prefill layers of the overhead runs launched faster than their
-kernels ran (1024 tokens: 26 ms of kernels, 29 ms measured), so no host time per
-prefill layer can be told from them; a one-GPU floor from the decode steps would have
-put a 512-token prefill at 19 ms against 14.6-16.3 ms measured.
+A one-GPU prefill's floor comes from its recorded host time (above), not from these
+inferences: the third session's overhead runs packed four 256-token prompts into one
+1024-token prefill step, kernel-bound, so no host time per prefill layer could be
+told from them; this session's overhead runs prefill one prompt per step.
 
 ``comm_overlap`` stays 0: the executor issues its collectives on the compute stream,
 so its timeline's communication intervals are disjoint from compute and nothing is
@@ -215,8 +222,8 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
 
     prefill_step_s = None
     if prefill and decode is not rows:
-        left = [r.measured_s - max(r.kernels_s, prefill_floor(r)) - per_layer_s * r.layers
-                - seq_s * r.batch for r in prefill]
+        left = [r.measured_s - max(r.kernels_s, prefill_floor(r)) - seq_s * r.batch
+                for r in prefill]
         prefill_step_s = max(0.0, float(np.mean(left)))
     eager = None
     if eager_docs:
@@ -230,7 +237,7 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     def resid(r: StepReplay) -> float:
         if r.phase == "prefill" and prefill_step_s is not None:
             return (r.measured_s - max(r.kernels_s, prefill_floor(r)) - prefill_step_s
-                    - per_layer_s * r.layers - seq_s * r.batch)
+                    - seq_s * r.batch)
         return r.measured_s - r.kernels_s - step_s - per_layer_s * r.layers - seq_s * r.batch
 
     rms = float(np.sqrt(np.mean(np.square([resid(r) for r in rows]))))
@@ -271,8 +278,7 @@ def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: 
     whose host time exceeded their kernels); 0 if none did. (One-GPU prefill has its own
     floor, `_fit_prefill_host`.)"""
 
-    hosts = [(r.measured_s - prefill_step_s - per_layer_s * r.layers - follower_step_s, r)
-             for r in rows]
+    hosts = [(r.measured_s - prefill_step_s - follower_step_s, r) for r in rows]
     bound = [(h, r) for h, r in hosts if h > r.kernels_s]
     layer_s = float(np.mean([h / r.layers for h, r in bound])) if bound else 0.0
     return replace(eager, prefill_tp_layer_s=layer_s, prefill_tp_steps=len(rows),

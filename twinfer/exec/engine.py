@@ -276,7 +276,7 @@ class Engine:
         graphs = None
         if buckets:
             graphs = DecodeGraphs(self.runner.model, self.runner.cache, cfg.max_blocks,
-                                  buckets, self.runner.groups.is_first)
+                                  buckets, self.runner.groups.is_first, self.runner.staging)
         if cuda:  # every earlier collective done everywhere before any rank captures
             torch.cuda.synchronize(self.runner.device)
         self.control.barrier()

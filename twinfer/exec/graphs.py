@@ -22,6 +22,7 @@ from twinfer.exec.attention import AttentionInput
 from twinfer.exec.kv_cache import KVCache
 from twinfer.exec.model import Transformer
 from twinfer.exec.scheduler import Plan
+from twinfer.exec.staging import HostStaging
 
 
 def buckets_up_to(max_batch: int) -> list[int]:
@@ -31,52 +32,45 @@ def buckets_up_to(max_batch: int) -> list[int]:
     return sorted(set(sizes + [max_batch]))
 
 
-def pinned(a: np.ndarray) -> torch.Tensor:
-    """``a`` in page-locked host memory (torch's caching host allocator: no
-    ``cudaHostAlloc`` per call, and a block is not reused before the copies that read it
-    have run).
-
-    A copy to the GPU from pageable memory first waits for the stream to drain: a rank
-    could not enqueue its next step before its GPU finished the previous one, so with
-    pipeline stages (two micro-batches in flight) every step's host preparation sat on
-    the GPU's critical path. From pinned memory the copy is queued like a kernel."""
-    return torch.from_numpy(a).pin_memory()
-
-
-def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A plan's numpy array on ``device``, without waiting for the stream (see `pinned`)."""
-    if device.type != "cuda":
-        return torch.from_numpy(a).to(device)
-    return pinned(a).to(device, non_blocking=True)
-
-
-def decode_input(plan: Plan, device: torch.device) -> AttentionInput:
-    """Unpadded device tensors of a decode plan (eager path)."""
-
-    def t(a):
-        return to_device(a, device)
-
-    return AttentionInput(positions=t(plan.positions), slots=t(plan.slots),
-                          block_table=t(plan.block_table), seq_lens=t(plan.seq_lens))
+def decode_input(plan: Plan, staging: HostStaging) -> AttentionInput:
+    """Unpadded device tensors of a decode plan (eager path), sent in one copy."""
+    positions, slots, table, seq_lens = staging.stage(plan.positions, plan.slots,
+                                                      plan.block_table, plan.seq_lens)
+    return AttentionInput(positions=positions, slots=slots, block_table=table,
+                          seq_lens=seq_lens)
 
 
 class DecodeGraphs:
     """Captured decode forwards of one stage, keyed by bucket size."""
 
     def __init__(self, model: Transformer, cache: KVCache, max_blocks: int,
-                 buckets: list[int], first_stage: bool) -> None:
+                 buckets: list[int], first_stage: bool,
+                 staging: HostStaging | None = None) -> None:
         self.model, self.cache, self.buckets = model, cache, buckets
         dev = cache.storage.device
+        self.staging = staging or HostStaging(dev)
         top = max(buckets)
         if first_stage:
             self.x = torch.zeros(top, dtype=torch.int64, device=dev)  # token ids
         else:
             dtype = next(model.parameters()).dtype
             self.x = torch.zeros(top, model.spec.hidden, dtype=dtype, device=dev)
-        self.positions = torch.zeros(top, dtype=torch.int64, device=dev)
-        self.slots = torch.full((top,), -1, dtype=torch.int64, device=dev)
-        self.table = torch.zeros(top, max_blocks, dtype=torch.int32, device=dev)
-        self.seq_lens = torch.zeros(top, dtype=torch.int32, device=dev)
+        # positions, slots, sequence lengths and block table in one device region, so
+        # that one copy from a staging buffer fills them all (twinfer.exec.staging)
+        shapes = {"positions": ((top,), np.int64), "slots": ((top,), np.int64),
+                  "seq_lens": ((top,), np.int32), "table": ((top, max_blocks), np.int32)}
+        self._layout, total = {}, 0
+        for name, (shape, dtype) in shapes.items():
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            self._layout[name] = (total, nbytes, shape, dtype)
+            total += -(-nbytes // 16) * 16
+        self.region = torch.zeros(total, dtype=torch.uint8, device=dev)
+        views = {name: self.region[off:off + nb].view(
+                     {np.int64: torch.int64, np.int32: torch.int32}[dtype]).view(shape)
+                 for name, (off, nb, shape, dtype) in self._layout.items()}
+        self.positions, self.slots = views["positions"], views["slots"]
+        self.seq_lens, self.table = views["seq_lens"], views["table"]
+        self.slots.fill_(-1)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
 
@@ -112,6 +106,22 @@ class DecodeGraphs:
         self._graphs[b] = (graph, out)
         torch.cuda.synchronize()
 
+    def _write(self, host: np.ndarray, plan: Plan) -> None:
+        """The host image of the input region for ``plan``: its rows first, then
+        padding (slot -1 and length 0: padding rows write and read nothing)."""
+        n = plan.batch
+
+        def field(name: str) -> np.ndarray:
+            off, nbytes, shape, dtype = self._layout[name]
+            return host[off:off + nbytes].view(dtype).reshape(shape)
+
+        for name, rows, pad in (("positions", plan.positions, 0), ("slots", plan.slots, -1),
+                                ("seq_lens", plan.seq_lens, 0),
+                                ("table", plan.block_table, 0)):
+            out = field(name)
+            out[:n] = rows
+            out[n:] = pad
+
     def fits(self, batch: int) -> bool:
         return batch <= self.buckets[-1] and bool(self._graphs)
 
@@ -124,12 +134,7 @@ class DecodeGraphs:
         b = next(s for s in self.buckets if s >= n)
         self.x[:n].copy_(x)
         self.x[n:b].zero_()
-        self.positions[:n].copy_(pinned(plan.positions), non_blocking=True)
-        self.slots[:n].copy_(pinned(plan.slots), non_blocking=True)
-        self.slots[n:b].fill_(-1)
-        self.seq_lens[:n].copy_(pinned(plan.seq_lens), non_blocking=True)
-        self.seq_lens[n:b].zero_()
-        self.table[:n].copy_(pinned(plan.block_table), non_blocking=True)
+        self.staging.fill(self.region, lambda host: self._write(host, plan))
         graph, out = self._graphs[b]
         graph.replay()
         return out[:n].clone()

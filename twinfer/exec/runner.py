@@ -18,11 +18,12 @@ import torch.distributed as dist
 
 from twinfer.exec.attention import AttentionInput
 from twinfer.exec.diag import debugging, phase
-from twinfer.exec.graphs import DecodeGraphs, decode_input, to_device
+from twinfer.exec.graphs import DecodeGraphs, decode_input
 from twinfer.exec.groups import Groups
 from twinfer.exec.kv_cache import KVCache
 from twinfer.exec.model import Transformer, packed_input
 from twinfer.exec.scheduler import Plan
+from twinfer.exec.staging import HostStaging
 from twinfer.exec.timing import StepTimer
 
 FAIL_RANK_ENV = "TWINFER_FAIL_RANK"  # test hook: this rank raises at step TWINFER_FAIL_STEP
@@ -39,6 +40,7 @@ class StageRunner:
         self.model, self.cache, self.groups = model, cache, groups
         self.timer, self.device = timer, device
         self.graphs: DecodeGraphs | None = None
+        self.staging = HostStaging(device)  # plan arrays to the GPU, one async copy
         self._sends: list[tuple[object, torch.Tensor]] = []
         fail = os.environ.get(FAIL_RANK_ENV)
         self._fail_step = (int(os.environ.get(FAIL_STEP_ENV, "0"))
@@ -83,23 +85,21 @@ class StageRunner:
 
     def attention_input(self, plan: Plan) -> tuple[AttentionInput, torch.Tensor]:
         """Device tensors of a plan, and the rows whose logits are wanted."""
-        dev = self.device
-
-        def t(a: np.ndarray) -> torch.Tensor:
-            return to_device(a, dev)
-
         if plan.phase == "decode":
-            return decode_input(plan, dev), torch.arange(plan.batch, device=dev)
+            return (decode_input(plan, self.staging),
+                    torch.arange(plan.batch, device=self.device))
         lengths = np.diff(plan.cu_seqlens)
-        step = AttentionInput(positions=t(plan.positions), slots=t(plan.slots),
-                              cu_seqlens=t(plan.cu_seqlens), max_seqlen=int(lengths.max()))
-        return step, t(plan.cu_seqlens[1:].astype(np.int64) - 1)
+        positions, slots, cu, rows = self.staging.stage(
+            plan.positions, plan.slots, plan.cu_seqlens, plan.cu_seqlens[1:].astype(np.int64) - 1)
+        step = AttentionInput(positions=positions, slots=slots, cu_seqlens=cu,
+                              max_seqlen=int(lengths.max()))
+        return step, rows
 
     # ---- stage-to-stage ------------------------------------------------------------
     def _stage_input(self, plan: Plan) -> torch.Tensor:
         g = self.groups
         if g.is_first:
-            return to_device(plan.tokens, self.device)
+            return self.staging.stage(plan.tokens)[0]
         # [tokens, hidden]: the previous stage's residual stream
         x = torch.empty(plan.num_tokens, self.hidden, dtype=self._dtype(), device=self.device)
         if g.is_leader:

@@ -235,7 +235,10 @@ class Overheads(_Strict):
             step = self.prefill_step_s
         if followers:
             step += self.follower_step_s
-        return self.per_layer_s * layers + (step if driver else 0.0)
+        # per_layer_s corrects the swept kernels of a decode layer (graph replay
+        # undercuts their launch-bound floor); an eager prefill layer has no such term
+        layer_s = 0.0 if prefill else self.per_layer_s * layers
+        return layer_s + (step if driver else 0.0)
 
 
 class MemoryInfo(_Strict):
