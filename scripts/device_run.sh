@@ -330,7 +330,32 @@ refresh4)
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;
-*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4|matrix4|host1|refresh4 [budget_s]" >&2; exit 2 ;;
+cores1)
+  # one GPU: does the host's speed depend on the CPU core the rank runs on? The TP=1
+  # b1 c512 point, unpinned and pinned to one core (taskset) per run: each run's
+  # prefill host time and median decode launch time
+  {
+    lscpu | head -30; grep -c processor /proc/cpuinfo
+    python3 -c "import json; d = json.load(open('docs/calibration/results/h100-sxm-x1/tp1_b1_c512.json')); open('/tmp/first.yaml', 'w').write(json.dumps(d['scenario']))"
+    for pin in none none none none 0 1 2 3 4 8 12 15; do
+      pre=""; [ $pin = none ] || pre="taskset -c $pin"
+      timeout -k 5 60 $pre python3 -m twinfer.exec /tmp/first.yaml --device cuda \
+        --arrivals batch --out /tmp/res/core-$pin-$RANDOM.json > /dev/null 2>&1
+    done
+    python3 - <<'PY'
+import glob, json, os, statistics
+for f in sorted(glob.glob("/tmp/res/core-*.json"), key=os.path.getmtime):
+    d = json.load(open(f))
+    pre = [s for s in d["steps"] if s["phase"] == "prefill"][0]
+    dec = [s["host"]["launch_s"] for s in d["steps"] if s["phase"] == "decode"]
+    print(os.path.basename(f), "prefill host %.2f ms wall %.2f ms, decode launch %.3f ms, tpot %.3f ms" % (
+        pre["ranks"]["0"]["host_s"] * 1e3, pre["wall_s"] * 1e3, statistics.median(dec) * 1e3,
+        d["summary"]["tpot_s"]["mean"] * 1e3))
+PY
+    tar czf "$OUT/results.tgz" -C /tmp res
+  } >> "$OUT/run.log" 2>&1
+  ;;
+*) echo "usage: $0 single|dual|matrix|next|tune|overheads2|matrix1|refresh1|diag4|matrix4|host1|refresh4|cores1 [budget_s]" >&2; exit 2 ;;
 esac
 log "done" | tee -a "$OUT/run.log"
 grep -h "^== \|exit [0-9]" "$OUT/run.log" | tail -20

@@ -165,8 +165,8 @@ def test_eager_runs_fit_the_host_floor_of_eager_steps(monkeypatch):
     graph += [StepReplay("decode", 4, 4, k + step_s + per_layer_s * 32 + follower_s, k, k,
                          32, 1, 2) for k in (1.5e-3, 2.5e-3)]
     # a 512-token prefill on one GPU: kernels 12 ms over a 32 x 0.3 ms floor, + 4 ms
-    graph += [StepReplay("prefill", 1, 512, 12e-3 + per_layer_s * 32 + 4e-3, 0, 12e-3, 32,
-                         1, 1)]
+    # (per_layer_s corrects decode layers only)
+    graph += [StepReplay("prefill", 1, 512, 12e-3 + 4e-3, 0, 12e-3, 32, 1, 1)]
     # eager decode: host-bound at 0.3 ms per layer (one GPU), 0.8 ms with TP
     eager = [StepReplay("decode", 4, 4, 32 * 0.3e-3 + step_s + per_layer_s * 32, 0, k,
                         32, 1, 1) for k in (4e-3, 5e-3)]
@@ -188,8 +188,8 @@ def test_eager_runs_fit_the_host_floor_of_eager_steps(monkeypatch):
     assert fit.prefill_step_s == pytest.approx(4e-3)
     assert fit.eager.prefill_tp_steps == 0  # no prefill steps with TP in these runs
     # a TP=2 prefill step bound by its host: 32 x 1.2 ms beyond the prefill terms
-    tp_prefill = StepReplay("prefill", 1, 512, 32 * 1.2e-3 + 4e-3 + per_layer_s * 32
-                            + follower_s, 0, 11e-3, 32, 1, 2)
+    tp_prefill = StepReplay("prefill", 1, 512, 32 * 1.2e-3 + 4e-3 + follower_s, 0, 11e-3,
+                            32, 1, 2)
     docs[1]["rows"] = eager + [tp_prefill]
     fit2 = ov.fit_overheads(docs, load_profile("h200-sxm"))
     assert fit2.eager.prefill_tp_layer_s == pytest.approx(1.2e-3)
