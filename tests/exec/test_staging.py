@@ -42,3 +42,27 @@ def test_staging_keeps_every_step_its_own_data_while_the_gpu_lags():
     for i, tensors in enumerate(staged):
         _check(tensors, _arrays(i))
     assert region.tolist() == [9] * 32
+
+
+def test_gpu_ranks_pin_to_one_core_unless_bound_or_told_not_to(monkeypatch):
+    import os
+
+    from twinfer.exec import rank
+    from twinfer.spec import SpecError
+
+    calls = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: calls.append(cores))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv(rank.PIN_CORE_ENV, raising=False)
+    assert rank.pin_core(3) == 3 and calls == [{3}]
+    monkeypatch.setenv(rank.PIN_CORE_ENV, "5,7")
+    assert rank.pin_core(1) == 7
+    monkeypatch.setenv(rank.PIN_CORE_ENV, "off")
+    assert rank.pin_core(0) is None
+    monkeypatch.setenv(rank.PIN_CORE_ENV, "auto")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3})  # bound by mpirun
+    assert rank.pin_core(0) is None and calls == [{3}, {7}]
+    monkeypatch.setenv(rank.PIN_CORE_ENV, "first")
+    with pytest.raises(SpecError, match="TWINFER_PIN_CORE"):
+        rank.pin_core(0)

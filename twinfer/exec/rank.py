@@ -229,8 +229,10 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
     local_rank = node.Get_rank()
     device = _device(args.device, local_rank)
     _check_devices(node, device, rank)
+    pinned = pin_core(local_rank) if device.type == "cuda" else None
     phase(rank, f"device {device} (local rank {local_rank} of {node.Get_size()}, "
-                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})")
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}, "
+                f"CPU core {pinned})")
     addr, port = rendezvous_address(world)
     timeout = timedelta(seconds=float(os.environ.get("TWINFER_COLLECTIVE_TIMEOUT_S", "120")))
     phase(rank, f"init_process_group {'nccl' if device.type == 'cuda' else 'gloo'} "
@@ -312,6 +314,40 @@ def warmup_prompts(prompts: list[int], sched, micro_batches: int, longest: int) 
         tokens += n
     alone = max(16, min(max(prompts, default=16), budget, longest))
     return first if max(first, default=0) >= alone else [alone]
+
+
+PIN_CORE_ENV = "TWINFER_PIN_CORE"  # "auto" (default), "off", or a core per local rank
+
+
+def pin_core(local_rank: int) -> int | None:
+    """Pin a GPU rank (and the threads it starts after this: NCCL's, MPI's) to one CPU
+    core; returns the core, or None where it stays as it was.
+
+    A GPU rank's host work is one Python thread launching kernels, and on the device
+    machines its speed depended on where it ran: the same 512-token prefill (host-paced)
+    took 18-23 ms of host time in four unpinned runs and 12.0-13.8 ms pinned to one of
+    cores 0-3, 8 or 12 (two other cores were as slow as unpinned;
+    docs/BENCHMARKS.md). ``TWINFER_PIN_CORE``: ``auto`` takes the ``local_rank``-th
+    core this process may run on, and only when it may run on every core (a job the
+    user bound through ``mpirun --bind-to`` keeps its binding); ``off`` leaves it; a
+    comma list names a core per local rank."""
+    value = os.environ.get(PIN_CORE_ENV, "auto").strip().lower()
+    if value == "off" or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if value == "auto":
+        if len(allowed) < (os.cpu_count() or 1) or len(allowed) < 2:
+            return None
+        core = allowed[local_rank % len(allowed)]
+    else:
+        try:
+            cores = [int(c) for c in value.split(",")]
+        except ValueError:
+            raise SpecError(PIN_CORE_ENV, f"{value!r} is not auto, off or a list of cores",
+                            "give e.g. TWINFER_PIN_CORE=0,1") from None
+        core = cores[local_rank % len(cores)]
+    os.sched_setaffinity(0, {core})
+    return core
 
 
 def _device(choice: str, local_rank: int):
