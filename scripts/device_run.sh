@@ -48,6 +48,21 @@ trap 'kill $smi 2>/dev/null' EXIT
 mp="mpirun --allow-run-as-root -np 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST -x TWINFER_TRACEBACK"
 camp=/tmp/campaign
 mkdir -p $camp/profiles
+# the scenario a committed results JSON ran, as /tmp/first.yaml (JSON is YAML)
+point_yaml() {
+  python3 -c "import json, sys; d = json.load(open(sys.argv[1])); open('/tmp/first.yaml', 'w').write(json.dumps(d['scenario']))" "$1"
+}
+# the campaign's stages $2 (e.g. overheads,matrix) over layouts $1, every batch and
+# context, with what is left of the budget
+campaign_run() {
+  timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
+    --layouts "$1" --contexts 512,4096,32768 --batches 1,16,64 --stages "$2" \
+    --run-timeout-s 120 --time-budget-s $(( $(left) - 50 )) 2>&1 | tail -24
+}
+# /tmp/<dir> into $OUT/<dir>.tgz for each dir given (campaign, res)
+pack() {
+  for d in "$@"; do tar czf "$OUT/$([ "$d" = res ] && echo results || echo "$d").tgz" -C /tmp "$d"; done
+}
 # the shipped profile of this GPU type into the campaign directory; sets $name
 shipped_profile() {
   name=$(python3 -c "from twinfer.calibration.device import default_name; print(default_name('cuda'))")
@@ -139,8 +154,7 @@ d['workload']['output_tokens'] = 16; yaml.safe_dump(d, open('/tmp/res/$sc.yaml',
     timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
       --layouts tp2,pp2 --contexts 32768 --batches 1,16,64 --stages matrix \
       --run-timeout-s 150 --time-budget-s $(( $(left) - 60 )) 2>&1 | tail -12
-    tar czf "$OUT/campaign.tgz" -C /tmp campaign
-    tar czf "$OUT/results.tgz" -C /tmp res
+    pack campaign res
   } >> "$OUT/run.log" 2>&1
   ;;
 tune)
@@ -200,8 +214,7 @@ overheads2)
       python3 -m twinfer.cli compare /tmp/res/$sc.json --profile $camp/profiles/h200-sxm.json \
         2>&1 | tail -12
     done
-    tar czf "$OUT/campaign.tgz" -C /tmp campaign
-    tar czf "$OUT/results.tgz" -C /tmp res
+    pack campaign res
   } >> "$OUT/run.log" 2>&1
   ;;
 matrix1)
@@ -243,9 +256,7 @@ refresh1)
     timeout -k 5 200 python3 -m twinfer.cli calibrate --ops gemm,elementwise \
       --out "$camp/profiles/$name.json" 2>&1 | tail -3
     log "campaign tp1 (overheads + matrix)"
-    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
-      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
-      --run-timeout-s 120 --time-budget-s $(( $(left) - 40 )) 2>&1 | tail -24
+    campaign_run tp1 overheads,matrix
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;
@@ -259,7 +270,7 @@ diag4)
     log "decode attention: sweep vs in situ (GPU 0)"
     CUDA_VISIBLE_DEVICES=0 timeout -k 5 180 python3 scripts/decode_in_situ.py \
       --out /tmp/res/decode_in_situ.json 2>&1 | tail -12
-    python3 -c "import json; d = json.load(open('docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json')); open('/tmp/first.yaml', 'w').write(json.dumps(d['scenario']))"
+    point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
     for i in 1 2 3 4 5; do
       ws=1; [ $i -gt 3 ] && ws=2
       log "first prefill: tp1 b1 c512 run $i, $ws warm-up serve(s) (GPU 0)"
@@ -271,8 +282,7 @@ diag4)
     timeout -k 5 300 python3 -m twinfer.calibration.campaign --out $camp \
       --layouts tp1,tp2,pp2 --stages overheads --run-timeout-s 100 --time-budget-s 270 \
       2>&1 | tail -12
-    tar czf "$OUT/campaign.tgz" -C /tmp campaign
-    tar czf "$OUT/results.tgz" -C /tmp res
+    pack campaign res
   } >> "$OUT/run.log" 2>&1
   ;;
 matrix4)
@@ -280,10 +290,7 @@ matrix4)
   shipped_profile
   {
     log "campaign matrix tp2, pp2"
-    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
-      --layouts tp2,pp2 --contexts 512,4096,32768 --batches 1,16,64 \
-      --stages matrix --run-timeout-s 120 --time-budget-s $(( $(left) - 60 )) \
-      2>&1 | tail -24
+    campaign_run tp2,pp2 matrix
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;
@@ -302,7 +309,7 @@ host1)
     log "decode attention: sweep vs in situ"
     timeout -k 5 200 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
       2>&1 | tail -8
-    python3 -c "import json; d = json.load(open('docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json')); open('/tmp/first.yaml', 'w').write(json.dumps(d['scenario']))"
+    point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
     for i in 1 2 3; do
       log "tp1 b1 c512 run $i"
       timeout -k 5 90 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
@@ -324,9 +331,7 @@ refresh4)
   [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
   {
     log "campaign tp1 (overheads + matrix)"
-    timeout -k 5 $(( $(left) - 20 )) python3 -m twinfer.calibration.campaign --out $camp \
-      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
-      --run-timeout-s 120 --time-budget-s $(( $(left) - 40 )) 2>&1 | tail -24
+    campaign_run tp1 overheads,matrix
     tar czf "$OUT/campaign.tgz" -C /tmp campaign
   } >> "$OUT/run.log" 2>&1
   ;;
@@ -336,7 +341,7 @@ cores1)
   # prefill host time and median decode launch time
   {
     lscpu | head -30; grep -c processor /proc/cpuinfo
-    python3 -c "import json; d = json.load(open('docs/calibration/results/h100-sxm-x1/tp1_b1_c512.json')); open('/tmp/first.yaml', 'w').write(json.dumps(d['scenario']))"
+    point_yaml docs/calibration/results/h100-sxm-x1/tp1_b1_c512.json
     for pin in none none none none 0 1 2 3 4 8 12 15; do
       pre=""; [ $pin = none ] || pre="taskset -c $pin"
       timeout -k 5 60 $pre python3 -m twinfer.exec /tmp/first.yaml --device cuda \
