@@ -330,7 +330,10 @@ def pin_core(local_rank: int) -> int | None:
     docs/BENCHMARKS.md). ``TWINFER_PIN_CORE``: ``auto`` takes the ``local_rank``-th
     core this process may run on, and only when it may run on every core (a job the
     user bound through ``mpirun --bind-to`` keeps its binding); ``off`` leaves it; a
-    comma list names a core per local rank."""
+    comma list names a core per local rank. Threads the rank starts later inherit the
+    core, NCCL's among them: over NVLink they idle, but a multi-node job over
+    InfiniBand, whose NCCL proxy thread moves data, should bind ranks to several cores
+    with ``mpirun`` (or set ``off``)."""
     value = os.environ.get(PIN_CORE_ENV, "auto").strip().lower()
     if value == "off" or not hasattr(os, "sched_setaffinity"):
         return None
