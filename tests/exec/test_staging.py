@@ -66,3 +66,6 @@ def test_gpu_ranks_pin_to_one_core_unless_bound_or_told_not_to(monkeypatch):
     monkeypatch.setenv(rank.PIN_CORE_ENV, "first")
     with pytest.raises(SpecError, match="TWINFER_PIN_CORE"):
         rank.pin_core(0)
+    monkeypatch.setenv(rank.PIN_CORE_ENV, "9")  # not a core this process may use
+    with pytest.raises(SpecError, match="core 9 is not one"):
+        rank.pin_core(0)

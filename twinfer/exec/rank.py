@@ -349,6 +349,10 @@ def pin_core(local_rank: int) -> int | None:
             raise SpecError(PIN_CORE_ENV, f"{value!r} is not auto, off or a list of cores",
                             "give e.g. TWINFER_PIN_CORE=0,1") from None
         core = cores[local_rank % len(cores)]
+        if core not in allowed:
+            raise SpecError(PIN_CORE_ENV, f"core {core} is not one this rank may run on "
+                            f"({allowed[0]}-{allowed[-1]}, {len(allowed)} cores)",
+                            "name cores of this machine, or set it to auto or off")
     os.sched_setaffinity(0, {core})
     return core
 
