@@ -324,7 +324,7 @@ refresh4)
   # executor (direct Triton launches, pinned plan inputs, host-time records)
   shipped_profile
   log "gpu exec tests" | tee -a "$OUT/run.log"
-  timeout -k 5 150 python3 -m pytest -q -m gpu tests/exec/test_gpu.py tests/exec/test_staging.py \
+  timeout -k 5 150 python3 -m pytest -q -m gpu tests/exec/test_gpu.py tests/exec/test_host_side.py \
     -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
   code=$?
   echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"

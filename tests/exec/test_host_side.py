@@ -1,4 +1,5 @@
-"""Plan arrays to the device in one asynchronous copy (twinfer.exec.staging)."""
+"""The executor's host side: plan arrays to the device in one asynchronous copy
+(twinfer.exec.staging) and GPU ranks pinned to a CPU core (twinfer.exec.rank.pin_core)."""
 
 from __future__ import annotations
 
