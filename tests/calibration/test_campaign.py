@@ -67,3 +67,30 @@ def test_defaults_follow_the_device(tmp_path):
     gpu = parse_args(["--out", str(tmp_path), "--device", "cuda"])
     assert gpu.model == "llama-3-8b" and gpu.contexts == (512, 4096, 32768)
     assert gpu.batches == (1, 16, 64) and gpu.output_tokens == 32
+
+
+def test_overhead_runs_cover_batch_sizes_and_pipeline_stages(tmp_path, monkeypatch):
+    """On two GPUs the campaign's overhead stage runs TP=1 at two layer counts and two
+    batch sizes, TP=2, PP=2 at two batch sizes, and TP=1 / TP=2 without graphs; each
+    overhead run prefills one prompt per step."""
+    import twinfer.calibration.campaign as camp
+    import twinfer.calibration.overheads as ov
+
+    ran = []
+
+    def run(self, doc, out, extra=()):
+        ran.append((doc["name"], extra, doc["scheduler"]["max_prefill_tokens"]))
+        return False  # nothing written: nothing to fit
+
+    monkeypatch.setattr(camp.Runner, "run", run)
+    monkeypatch.setattr(camp, "_device_count", lambda device: 2)
+    monkeypatch.setattr(ov, "fit_overheads_into", lambda *a, **k: pytest.fail("no results"))
+    cfg = _cfg(tmp_path, stages=("overheads",))
+    camp.stage_overheads(cfg, camp.Runner(cfg, 0.0), (PROFILES_DIR / "h200-sxm.json",
+                                                      "h200-sxm", "nvlink"))
+    names = [(name.removeprefix("llama-3-8b_"), bool(extra)) for name, extra, _ in ran]
+    assert names == [("tp1_b4_c256_L8", False), ("tp1_b4_c256_L32", False),
+                     ("tp1_b32_c256_L8", False), ("tp2_b4_c256_L32", False),
+                     ("pp2_b4_c256_L32", False), ("pp2_b32_c256_L32", False),
+                     ("tp1_b4_c256_L32", True), ("tp2_b4_c256_L32", True)]
+    assert {tokens for *_, tokens in ran} == {256}
