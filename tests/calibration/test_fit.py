@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -202,3 +204,27 @@ def test_eager_runs_fit_the_host_floor_of_eager_steps(monkeypatch):
     assert "eager_tp_layer_s 800.0 us" in fit.note(["x"])
     # without graph runs beside them, eager runs fit the step terms as before
     assert ov.fit_overheads(docs[1:], load_profile("h200-sxm")).eager is None
+
+
+def test_pipelined_runs_fit_the_stage_step_term():
+    """Runs with pipeline stages give stage_step_s: the delay per stage before the last
+    with which the twin reproduces their mean TPOT (the shipped CPU overhead runs: two
+    PP=2 runs on two gloo ranks, docs/calibration/overheads/cpu/)."""
+    from pathlib import Path
+
+    import twinfer.calibration.overheads as ov
+    from twinfer.compare import compare
+    from twinfer.sim.profile import load_profile
+
+    paths = sorted((Path(__file__).parents[2] / "docs/calibration/overheads/cpu").glob("*.json"))
+    docs = [ov.load_results(p) for p in paths]
+    piped = [d for d in docs if d["scenario"]["layout"].get("pp", 1) > 1]
+    assert len(piped) == 2
+    profile = load_profile("cpu")
+    fit = ov.fit_overheads(docs, profile)
+    assert fit.stage_steps == 2 and fit.stage_step_s > 0
+    fitted = profile.model_validate(ov.apply_overheads(
+        json.loads(profile.model_dump_json()), fit, ["x"]))
+    predicted = [compare(d, fitted).predicted["tpot_mean_s"] for d in piped]
+    measured = [d["summary"]["tpot_s"]["mean"] for d in piped]
+    assert sum(predicted) == pytest.approx(sum(measured), rel=1e-3)

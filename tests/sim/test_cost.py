@@ -202,8 +202,12 @@ def test_decode_step_of_one_sequence_is_its_weight_read(toy_profile):
     assert weights / 1e12 <= t <= 1.005 * weights / 1e12
 
 
-def test_follower_step_overhead_goes_to_a_driver_with_followers(toy_profile):
-    over = {"step_s": 200e-6, "follower_step_s": 300e-6}
+def test_follower_and_stage_step_overheads(toy_profile):
+    """The driver pays step_s, plus follower_step_s when TP peers follow it; a pipeline
+    stage before the last delays each step by stage_step_s (the plan's trip to it, its
+    launch) without holding its stage."""
+    from twinfer.sim.stage import PipelineModel
+    over = {"step_s": 200e-6, "follower_step_s": 300e-6, "stage_step_s": 150e-6}
     c = CostModel(make_profile(overheads=over), "bf16")
     m = model_preset("llama-3-8b")
 
@@ -212,8 +216,16 @@ def test_follower_step_overhead_goes_to_a_driver_with_followers(toy_profile):
 
     assert fixed(1, 32, True, True) == approx(200e-6)  # alone: no followers
     assert fixed(2, 32, True, True) == approx(500e-6)  # TP peers wait for the plan
-    assert fixed(1, 16, False, True) == approx(500e-6)  # PP: the driver, stage 0 follows
-    assert fixed(1, 16, True, False) == approx(0.0)  # a follower stage pays none of it
+    assert fixed(1, 16, False, True) == approx(200e-6)  # PP: the driver
+    assert fixed(2, 16, False, True) == approx(500e-6)  # PP, the driver with TP peers
+    assert fixed(1, 16, True, False) == approx(0.0)  # the stage before it: no stage time
+    stages = [StageCost(StageSpec(m, 1, 16, "nvlink", j == 0, j == 1), c) for j in (0, 1)]
+    batch = StepBatch(decode_n=8, decode_ctx_sum=8 * 512, logits_n=8)
+    bare = PipelineModel(stages, [], [(0,), (1,)], 2)
+    led = PipelineModel(stages, [], [(0,), (1,)], 2, lead_s=150e-6)
+    (_, l0, times, _), (p1, l1, *_) = bare.period(batch), led.period(batch)
+    assert l1 == approx(l0 + 150e-6)  # the step's latency grows by the delay
+    assert p1 == approx(max(l1, 2 * max(times)))  # the stages' occupancy does not
 
 
 def test_eager_steps_take_at_least_the_hosts_launch_time():

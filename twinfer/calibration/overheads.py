@@ -13,7 +13,12 @@ Runs with followers (TP > 1) cost the driver more per step: the plan's trip to t
 other ranks and their launch come before the step's collectives can run (0.43-0.65 ms
 on two H200s against 0.19 ms on one). Given one-GPU runs too, the fit takes
 ``step_s`` and ``per_layer_s`` from those alone and ``overheads.follower_step_s`` as
-the mean of what the runs with followers' decode steps leave over them.
+the mean of what the runs with followers' decode steps leave over them. Runs with
+pipeline stages give ``overheads.stage_step_s``, the delay a pipelined step takes per
+stage before the last (the plan's trip from the driver to that stage and its launch):
+the value with which the twin, every other term fitted, reproduces those runs' mean
+TPOT. A step's own wall time cannot give it, since with two micro-batches in flight it
+includes waiting for the stages the other micro-batch holds.
 
 ``fit_overheads`` replays every step of one or more one-stage executor runs through
 the cost model with the overheads left out (``replay``) and fits the rest,
@@ -123,6 +128,8 @@ class OverheadFit:
     seq_s: float = 0.0  # host time per sequence of a step (runs with several batch sizes)
     batch_sizes: int = 1  # distinct batch sizes among the decode steps fitted
     prefill_host: tuple[float, float, int] | None = None  # (fixed s, per layer s, steps)
+    stage_step_s: float = 0.0  # from runs with pipeline stages, per stage before the last
+    stage_steps: int = 0  # runs with pipeline stages it was fitted to
 
     def note(self, sources: list[str]) -> str:
         split = ("" if len(self.layer_counts) > 1 else
@@ -139,6 +146,9 @@ class OverheadFit:
         if self.follower_steps:
             prefill += (f", follower_step_s {self.follower_step_s * 1e6:.1f} us "
                         f"({self.follower_steps} decode steps with followers)")
+        if self.stage_steps:
+            prefill += (f", stage_step_s {self.stage_step_s * 1e6:.1f} us "
+                        f"({self.stage_steps} runs with pipeline stages)")
         if self.eager is not None:
             prefill += ", " + self.eager.note()
         return (f"overheads fitted from {self.steps} executor steps of "
@@ -191,6 +201,7 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     if not (graph_docs and eager_docs):
         graph_docs, eager_docs = docs, []
     rows = graph_rows = _one_stage_rows(graph_docs, bare)
+    pipe_docs = [d for d in graph_docs if any(r.stages > 1 for r in replay(d, bare))]
     eager_rows = _one_stage_rows(eager_docs, bare, len(graph_docs)) if eager_docs else []
     if len(rows) < 2:
         raise SpecError("--from-exec", "no one-stage executor steps to fit overheads to",
@@ -241,10 +252,39 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
         return r.measured_s - r.kernels_s - step_s - per_layer_s * r.layers - seq_s * r.batch
 
     rms = float(np.sqrt(np.mean(np.square([resid(r) for r in rows]))))
-    return OverheadFit(step_s, per_layer_s, rms, len(rows), counts, bool(graphs),
-                       _comm_share(docs), prefill_step_s, len(prefill), follower_step_s,
-                       len(crowd) if with_followers else 0, eager, seq_s,
-                       len({r.batch for r in decode}), host)
+    fit = OverheadFit(step_s, per_layer_s, rms, len(rows), counts, bool(graphs),
+                      _comm_share(docs), prefill_step_s, len(prefill), follower_step_s,
+                      len(crowd) if with_followers else 0, eager, seq_s,
+                      len({r.batch for r in decode}), host)
+    return _fit_stage_step(fit, pipe_docs, profile) if pipe_docs else fit
+
+
+def _fit_stage_step(fit: OverheadFit, docs: list[dict], profile: Profile) -> OverheadFit:
+    """``stage_step_s`` from runs with pipeline stages: the delay per stage before the
+    last that makes the twin, with every other fitted term, reproduce those runs' mean
+    TPOT (bisection; the mean over the runs). A pipelined step's wall time cannot give
+    it directly: with several micro-batches in flight it includes waiting for stages
+    the other micro-batches hold, which the twin's engine adds itself."""
+    from twinfer.compare import compare
+
+    base = json.loads(profile.model_dump_json())
+    measured = float(np.mean([d["summary"]["tpot_s"]["mean"] for d in docs]))
+
+    def excess(stage_step_s: float) -> float:
+        trial = Profile.model_validate(apply_overheads(
+            base, replace(fit, stage_step_s=stage_step_s, stage_steps=1), []))
+        return float(np.mean([compare(d, trial).predicted["tpot_mean_s"]
+                              for d in docs])) - measured
+
+    lo, hi = 0.0, 1e-3
+    if excess(lo) >= 0:
+        return replace(fit, stage_step_s=0.0, stage_steps=len(docs))
+    while excess(hi) < 0 and hi < 1.0:
+        lo, hi = hi, hi * 2
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
+    return replace(fit, stage_step_s=(lo + hi) / 2, stage_steps=len(docs))
 
 
 def _fit_prefill_host(rows: list[StepReplay]) -> tuple[float, float, int] | None:
@@ -365,6 +405,8 @@ def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict
         out["overheads"]["follower_step_s"] = fit.follower_step_s
     if fit.batch_sizes > 1:
         out["overheads"]["seq_s"] = fit.seq_s
+    if fit.stage_steps:
+        out["overheads"]["stage_step_s"] = fit.stage_step_s
     if fit.prefill_host is not None:
         out["overheads"]["prefill_host_s"] = fit.prefill_host[0]
         out["overheads"]["prefill_layer_s"] = fit.prefill_host[1]

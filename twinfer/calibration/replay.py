@@ -128,7 +128,7 @@ def replay(doc: dict, profile: Profile | None = None) -> list[StepReplay]:
         batch = step_batch(step)
         times, _, hops = pipe.step(batch)
         kernels = sum(stage.kernels_s(batch) for stage in pipe.stages) + sum(hops)
-        predicted = sum(times) + sum(hops)
+        predicted = pipe.lead_s + sum(times) + sum(hops)
         out.append(StepReplay(step["phase"], int(step["batch"]), int(step["tokens"]),
                               measured_s, predicted, kernels,
                               pipe.stages[0].spec.num_layers, len(pipe.stages),

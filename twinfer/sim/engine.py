@@ -41,9 +41,8 @@ def pipeline_speed(pipe: PipelineModel) -> float:
     """Decode tokens per second of a pipeline at a reference step (the router's weight):
     its lanes each decoding ``ROUTER_BATCH`` sequences of ``ROUTER_CONTEXT`` tokens."""
     n = ROUTER_BATCH
-    times, _, sends = pipe.step(StepBatch(n, n * ROUTER_CONTEXT, (), 0, n))
+    period, *_ = pipe.period(StepBatch(n, n * ROUTER_CONTEXT, (), 0, n))
     lanes = pipe.micro_batches
-    period = max(sum(times) + sum(sends), lanes * max(times), lanes * max(sends, default=0.0))
     return lanes * n / period if period > 0 else float(lanes * n)
 
 
@@ -152,6 +151,8 @@ class Engine:
             if log is not None:
                 log.append((env.now, "step", i, k, batch.decode_n, batch.prefill_tokens))
             times, comms, sends = pipe.step(batch)
+            if pipe.lead_s:  # the plan's trip to the earlier stages (holds nothing)
+                yield env.timeout(pipe.lead_s)
             for s in range(n_stages):
                 if contended:
                     yield from self._run_stage(i, s, k, batch, times[s], comms[s])

@@ -97,10 +97,7 @@ def _lane_capacity(twin: Twin, i: int, n_lanes: int) -> tuple[int, int]:
 
 def _period(pipe: PipelineModel, batch: StepBatch) -> tuple[float, float, list, list]:
     """(lane period, latency, stage times, stage comm times) of a step, every lane alike."""
-    times, comms, sends = pipe.step(batch)
-    latency = sum(times) + sum(sends)
-    m = pipe.micro_batches
-    return max(latency, m * max(times), m * max(sends, default=0.0)), latency, times, comms
+    return pipe.period(batch)
 
 
 def _charge(rec: RunRecord, stats: list, times: list[float], comms: list[float]) -> None:
@@ -178,7 +175,7 @@ def _batch_pipeline(twin: Twin, i: int, lanes: list[list[Request]], rec: RunReco
         cursor[k] += 1
         times, comms, sends = pipe.step(batch)
         _charge(rec, stats, times, comms)
-        t = ready[k]
+        t = ready[k] + pipe.lead_s
         for s, time_s in enumerate(times):
             t = max(t, stage_free[s]) + time_s
             stage_free[s] = t

@@ -187,8 +187,8 @@ class Overheads(_Strict):
                                          "(None: step_s)")
     per_layer_s: float = Field(0.0, description="launch time per layer per step")
     follower_step_s: float = Field(0.0, ge=0, description="more host time per step when "
-                                   "the driver has followers (TP > 1 or PP > 1): the plan's "
-                                   "trip to them and their launch")
+                                   "the driver has TP followers: the plan's trip to them "
+                                   "and their launch")
     eager_layer_s: float = Field(0.0, ge=0, description="host time to launch one layer of "
                                  "an eager decode step (no CUDA graphs: FA Pool, KV-sharded, "
                                  "--no-cuda-graphs) on a stage without TP collectives: such "
@@ -204,6 +204,9 @@ class Overheads(_Strict):
                                   "(embedding, final norm, LM head, inputs)")
     seq_s: float = Field(0.0, ge=0, description="host time per sequence of a step on the "
                          "driver (scheduling, sampling, the plan's arrays)")
+    stage_step_s: float = Field(0.0, ge=0, description="host time a step costs each "
+                                "pipeline stage before the last: the plan's trip from the "
+                                "driver and the stage's own launch, on its critical path")
     cuda_graphs: bool = False
     comm_overlap: float = Field(0.0, ge=0, le=1, description="share of TP collectives hidden")
 
@@ -229,7 +232,9 @@ class Overheads(_Strict):
         """The overhead a stage of ``layers`` layers adds to one step; the step terms go
         to the stage whose leader drives the pipeline (the executor's last stage: it
         samples, schedules and sends the next plan while its GPU waits), the follower
-        term when other GPUs must get that plan before the step can run."""
+        term when its TP peers must get that plan before the step's collectives can run.
+        (``stage_step_s`` is no stage's time: it delays a pipelined step, see
+        `twinfer.sim.stage.PipelineModel`.)"""
         step = self.step_s
         if prefill and self.prefill_step_s is not None:
             step = self.prefill_step_s

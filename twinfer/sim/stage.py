@@ -65,9 +65,11 @@ class StageCost:
         self.cost = cost
         self.shard = ShardShape.of(spec.model, spec.tp)
         overheads = cost.profile.overheads
-        # the host's per-step work is the driver's: the last stage's leader, whose
-        # followers are its TP peers and the earlier stages' GPUs
-        followers = spec.tp > 1 or not spec.first
+        # the host's per-step work is the driver's: the last stage's leader. The
+        # follower term is what TP peers add (fitted from TP runs: every layer's
+        # collectives wait for the peers' launches); what earlier pipeline stages add
+        # is a delay of the step, not stage time (PipelineModel.lead_s)
+        followers = spec.tp > 1
         self.fixed_s = overheads.fixed_s(spec.num_layers, spec.last, False, followers)
         self.prefill_fixed_s = overheads.fixed_s(spec.num_layers, spec.last, True, followers)
         self.seq_s = overheads.seq_s if spec.last else 0.0  # the driver's, per sequence
@@ -215,6 +217,10 @@ class PipelineModel:
     hops: list[HopCost]
     gpus: list[tuple[int, ...]]  # GPU ids per stage
     micro_batches: int
+    # the plan's trip from the driver to the stages before the last and their launch
+    # (overheads.stage_step_s each): it delays every step but holds no stage, since a
+    # stage prepares one micro-batch while its GPU runs another
+    lead_s: float = 0.0
 
     def step(self, batch: StepBatch) -> tuple[list[float], list[float], list[float]]:
         """Per stage (time_s, comm_s) and per hop send_s for one step of ``batch``."""
@@ -225,3 +231,12 @@ class PipelineModel:
             comms.append(comm)
         tokens = batch.tokens
         return times, comms, [hop.send_s(tokens) for hop in self.hops]
+
+    def period(self, batch: StepBatch) -> tuple[float, float, list[float], list[float]]:
+        """(period, latency, stage times, stage comm times) of a step every lane takes
+        alike: a lane's step takes its latency (the delay, the stages, the hops), and the
+        lanes share each stage and link, so a lane steps at most every period."""
+        times, comms, sends = self.step(batch)
+        latency = self.lead_s + sum(times) + sum(sends)
+        m = self.micro_batches
+        return max(latency, m * max(times), m * max(sends, default=0.0)), latency, times, comms

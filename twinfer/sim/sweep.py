@@ -66,9 +66,7 @@ def decode_step(twin: Twin) -> tuple[float, float]:
         lanes = pipe.micro_batches
         fit = max(1, mem.kv_blocks // lanes // per_seq_blocks)
         seqs = max(1, min(ceil(len(reqs) / n_pipes / lanes), sched.max_running, fit))
-        times, _, sends = pipe.step(StepBatch(seqs, round(seqs * ctx), (), 0, seqs))
-        period = max(sum(times) + sum(sends), lanes * max(times),
-                     lanes * max(sends, default=0.0))
+        period, *_ = pipe.period(StepBatch(seqs, round(seqs * ctx), (), 0, seqs))
         worst = max(worst, period)
         tps += lanes * seqs / period
     return worst, tps

@@ -161,8 +161,10 @@ def build_twin(scenario: Scenario, profiles: ProfilesArg = None,
             if spec.broadcast and b.tp > 1:
                 costs[gpu_types[j + 1]].check_link(spec.recv_link)
             hops.append(HopCost(spec, costs[gpu_types[j]], costs[gpu_types[j + 1]]))
+        lead_s = sum(costs[gpu_types[j]].profile.overheads.stage_step_s
+                     for j in range(len(pipe.stages) - 1))
         pipelines.append(PipelineModel(stage_costs, hops, [s.gpus for s in pipe.stages],
-                                       pipe.micro_batches))
+                                       pipe.micro_batches, lead_s))
     return Twin(scenario, placement, by_type, pipelines, memory, requests, provenance,
                 _warnings(by_type))
 
