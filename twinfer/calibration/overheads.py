@@ -181,13 +181,16 @@ def _comm_share(docs: list[dict]) -> float:
     return comm / span if span else 0.0
 
 
-def _one_stage_rows(docs: list[dict], bare: Profile, first_run: int = 0) -> list[StepReplay]:
+def _replays(docs: list[dict], bare: Profile) -> list[list[StepReplay]]:
+    return [replay(doc, bare) for doc in docs]
+
+
+def _one_stage_rows(replays: list[list[StepReplay]], first_run: int = 0) -> list[StepReplay]:
     rows: list[StepReplay] = []
-    for i, doc in enumerate(docs, first_run):
-        replays = replay(doc, bare)
-        if any(r.stages > 1 for r in replays):
+    for i, steps in enumerate(replays, first_run):
+        if any(r.stages > 1 for r in steps):
             continue  # micro-batches overlap: a step's wall time is not its own cost
-        rows += [replace(r, run=i) for r in replays]
+        rows += [replace(r, run=i) for r in steps]
     return rows
 
 
@@ -200,9 +203,11 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     graph_docs = [d for d in docs if d["summary"].get("cuda_graphs")]
     if not (graph_docs and eager_docs):
         graph_docs, eager_docs = docs, []
-    rows = graph_rows = _one_stage_rows(graph_docs, bare)
-    pipe_docs = [d for d in graph_docs if any(r.stages > 1 for r in replay(d, bare))]
-    eager_rows = _one_stage_rows(eager_docs, bare, len(graph_docs)) if eager_docs else []
+    graph_replays = _replays(graph_docs, bare)
+    rows = graph_rows = _one_stage_rows(graph_replays)
+    pipe_docs = [d for d, steps in zip(graph_docs, graph_replays, strict=True)
+                 if any(r.stages > 1 for r in steps)]
+    eager_rows = _one_stage_rows(_replays(eager_docs, bare), len(graph_docs))
     if len(rows) < 2:
         raise SpecError("--from-exec", "no one-stage executor steps to fit overheads to",
                         "give results of runs without pipeline stages (pp=1)")
