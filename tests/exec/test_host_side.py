@@ -70,3 +70,22 @@ def test_gpu_ranks_pin_to_one_core_unless_bound_or_told_not_to(monkeypatch):
     monkeypatch.setenv(rank.PIN_CORE_ENV, "9")  # not a core this process may use
     with pytest.raises(SpecError, match="core 9 is not one"):
         rank.pin_core(0)
+
+
+def test_decode_graph_inputs_fill_their_one_region_with_padding():
+    # the graph's positions, slots, lengths and block table are views of one region,
+    # filled from one host image: the plan's rows, then padding rows (slot -1, length 0)
+    import types
+
+    from twinfer.exec.graphs import DecodeGraphs
+
+    cache = types.SimpleNamespace(storage=torch.zeros(1))
+    graphs = DecodeGraphs(None, cache, 5, [1, 2, 4], True, HostStaging(torch.device("cpu")))
+    plan = types.SimpleNamespace(batch=2, positions=np.array([3, 9]), slots=np.array([7, 8]),
+                                 seq_lens=np.array([4, 10], dtype=np.int32),
+                                 block_table=np.arange(10, dtype=np.int32).reshape(2, 5))
+    graphs.staging.fill(graphs.region, lambda host: graphs._write(host, plan))
+    assert graphs.positions.tolist() == [3, 9, 0, 0]
+    assert graphs.slots.tolist() == [7, 8, -1, -1]
+    assert graphs.seq_lens.tolist() == [4, 10, 0, 0]
+    assert graphs.table.tolist() == [list(range(5)), list(range(5, 10)), [0] * 5, [0] * 5]

@@ -22,7 +22,7 @@ from twinfer.exec.attention import AttentionInput
 from twinfer.exec.kv_cache import KVCache
 from twinfer.exec.model import Transformer
 from twinfer.exec.scheduler import Plan
-from twinfer.exec.staging import HostStaging
+from twinfer.exec.staging import HostStaging, packed, torch_dtype
 
 
 def buckets_up_to(max_batch: int) -> list[int]:
@@ -59,14 +59,13 @@ class DecodeGraphs:
         # that one copy from a staging buffer fills them all (twinfer.exec.staging)
         shapes = {"positions": ((top,), np.int64), "slots": ((top,), np.int64),
                   "seq_lens": ((top,), np.int32), "table": ((top, max_blocks), np.int32)}
-        self._layout, total = {}, 0
-        for name, (shape, dtype) in shapes.items():
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            self._layout[name] = (total, nbytes, shape, dtype)
-            total += -(-nbytes // 16) * 16
+        sizes = [int(np.prod(shape)) * np.dtype(dtype).itemsize
+                 for shape, dtype in shapes.values()]
+        offsets, total = packed(sizes)
+        self._layout = {name: (off, nbytes, shape, dtype) for (name, (shape, dtype)), off, nbytes
+                        in zip(shapes.items(), offsets, sizes, strict=True)}
         self.region = torch.zeros(total, dtype=torch.uint8, device=dev)
-        views = {name: self.region[off:off + nb].view(
-                     {np.int64: torch.int64, np.int32: torch.int32}[dtype]).view(shape)
+        views = {name: self.region[off:off + nb].view(torch_dtype(dtype)).view(shape)
                  for name, (off, nb, shape, dtype) in self._layout.items()}
         self.positions, self.slots = views["positions"], views["slots"]
         self.seq_lens, self.table = views["seq_lens"], views["table"]

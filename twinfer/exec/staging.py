@@ -27,8 +27,14 @@ RING = 8
 MIN_BYTES = 1 << 16
 
 
-def _aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def packed(sizes: list[int]) -> tuple[list[int], int]:
+    """(offsets, total bytes) of buffers of ``sizes`` bytes packed back to back, each
+    starting on an ``ALIGN``-byte boundary (so any dtype view of a slice is aligned)."""
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += -(-n // ALIGN) * ALIGN
+    return offsets, total
 
 
 class HostStaging:
@@ -57,10 +63,7 @@ class HostStaging:
         """Device tensors holding ``arrays`` (same dtypes and shapes), sent together."""
         if not self.cuda:
             return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-        offsets, total = [], 0
-        for a in arrays:
-            offsets.append(total)
-            total += _aligned(a.nbytes)
+        offsets, total = packed([a.nbytes for a in arrays])
         i, buf = self._slot(total)
         host = buf.numpy()
         for a, off in zip(arrays, offsets, strict=True):
@@ -68,7 +71,7 @@ class HostStaging:
         dev = torch.empty(total, dtype=torch.uint8, device=self.device)
         dev.copy_(buf[:total], non_blocking=True)
         self._record(i)
-        return [dev[off:off + a.nbytes].view(_torch_dtype(a.dtype)).view(a.shape)
+        return [dev[off:off + a.nbytes].view(torch_dtype(a.dtype)).view(a.shape)
                 for a, off in zip(arrays, offsets, strict=True)]
 
     def fill(self, dst: torch.Tensor, write) -> None:
@@ -96,7 +99,8 @@ _DTYPES = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
            np.dtype(np.uint8): torch.uint8}
 
 
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+def torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy dtype a plan's arrays use."""
     try:
         return _DTYPES[np.dtype(dtype)]
     except KeyError:

@@ -85,8 +85,13 @@ def launchable(kernel):
 # alignment of pointers, and integers equal to 1 or divisible by 16 (passing the
 # integers themselves is simplest). ``TWINFER_LAUNCH=triton`` always takes Triton's
 # path; ``TWINFER_LAUNCH=runner`` calls the compiled kernel's own runner (hooks and all).
-FAST_LAUNCH = os.environ.get("TWINFER_LAUNCH", "direct") != "triton"
-DIRECT_LAUNCH = os.environ.get("TWINFER_LAUNCH", "direct") == "direct"
+LAUNCH_PATHS = ("direct", "runner", "triton")
+_LAUNCH = os.environ.get("TWINFER_LAUNCH", "direct").strip().lower() or "direct"
+if _LAUNCH not in LAUNCH_PATHS:
+    raise ValueError(f"TWINFER_LAUNCH={_LAUNCH!r} is not a launch path: use one of "
+                     f"{', '.join(LAUNCH_PATHS)}")
+FAST_LAUNCH = _LAUNCH != "triton"
+DIRECT_LAUNCH = _LAUNCH == "direct"
 _compiled: dict = {}
 
 
