@@ -336,38 +336,43 @@ refresh4)
   } >> "$OUT/run.log" 2>&1
   ;;
 refresh5)
-  # one H200, fifth session: the executor's GPU tests, the TP=1 overhead runs and matrix
-  # with the fourth session's executor (pinned ranks, staged plan copies, host records),
-  # decode attention as swept and in situ, fresh first prefills, a profiled TP=1 b1
-  # c512 decode, and batch-1 TPOT against the roofline (bench --part ours)
+  # one GPU, fifth session: the GPU tests (kernels, executor: PDL on and off), batch
+  # 1-64 TPOT with programmatic dependent launch off and on (alternating, same
+  # machine), the TP=1 overhead runs and matrix with the default executor, decode
+  # attention as swept and in situ, fresh first prefills, a profiled TP=1 b1 c512 run
   shipped_profile
-  log "gpu exec tests" | tee -a "$OUT/run.log"
-  timeout -k 5 150 python3 -m pytest -q -m gpu tests/exec/test_gpu.py tests/exec/test_host_side.py \
-    -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
+  log "gpu tests (kernels, exec)" | tee -a "$OUT/run.log"
+  timeout -k 5 200 python3 -m pytest -q -m gpu tests/kernels tests/exec/test_gpu.py \
+    tests/exec/test_host_side.py -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
   code=$?
   echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
   [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
   {
+    for round in 1 2; do
+      for pdl in off graphs; do
+        log "bench --part ours, TWINFER_PDL=$pdl (round $round)"
+        TWINFER_PDL=$pdl timeout -k 5 90 python3 -m twinfer.exec.bench --part ours \
+          --batches 1 16 64 --contexts 512 4096 --out /tmp/res/bench-pdl-$pdl-$round.json \
+          2>&1 | tail -9
+      done
+    done
     log "campaign tp1 (overheads + matrix)"
-    timeout -k 5 300 python3 -m twinfer.calibration.campaign --out $camp \
+    timeout -k 5 $(( $(left) - 90 )) python3 -m twinfer.calibration.campaign --out $camp \
       --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
-      --run-timeout-s 120 --time-budget-s 280 2>&1 | tail -24
+      --run-timeout-s 120 --time-budget-s $(( $(left) - 110 )) 2>&1 | tail -24
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
     log "decode attention: sweep vs in situ"
-    timeout -k 5 150 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
+    timeout -k 5 60 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
       2>&1 | tail -12
     point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
-    for i in 1 2 3; do
+    for i in 1 2; do
       log "first prefill: tp1 b1 c512 run $i"
-      timeout -k 5 60 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
+      timeout -k 5 40 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
         --out /tmp/res/first-$i.json 2>&1 | grep -i "ttft\|error\|failed" | head -3
     done
     log "profile tp1 b1 c512"
-    TWINFER_PROFILE_DIR=/tmp/res/profile timeout -k 5 60 python3 -m twinfer.exec /tmp/first.yaml \
+    TWINFER_PROFILE_DIR=/tmp/res/profile timeout -k 5 40 python3 -m twinfer.exec /tmp/first.yaml \
       --device cuda --arrivals batch --out /tmp/res/profile.json 2>&1 | tail -2
-    tar czf "$OUT/campaign.tgz" -C /tmp campaign
-    log "bench --part ours (batch 1, 16)"
-    timeout -k 5 $(( $(left) > 40 ? $(left) - 15 : 30 )) python3 -m twinfer.exec.bench \
-      --part ours --batches 1 16 --contexts 512 4096 --out /tmp/res/bench-exec.json 2>&1 | tail -12
     tar czf "$OUT/results.tgz" -C /tmp res
     log "done"
   } >> "$OUT/run.log" 2>&1

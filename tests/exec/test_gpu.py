@@ -17,6 +17,7 @@ import torch
 from twinfer.exec.engine import Engine, EngineOptions, ServeOptions
 from twinfer.exec.reference import greedy_reference, reference_model
 from twinfer.exec.text import sequences
+from twinfer.kernels import backend
 from twinfer.spec import Request, SchedulerSpec, model_preset
 
 pytestmark = pytest.mark.usefixtures("torch_kernels", "free_gpu")
@@ -33,8 +34,14 @@ def free_gpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("graphs", [True, False])
-def test_one_gpu_engine_matches_the_reference(graphs):
+@pytest.mark.parametrize(("graphs", "pdl"), [(True, "graphs"), (True, "off"), (False, "on"),
+                                             (False, "off")])
+def test_one_gpu_engine_matches_the_reference(graphs, pdl, monkeypatch):
+    """Decode replayed from graphs or eager, the kernels launched with programmatic
+    dependent launch or not (TWINFER_PDL): the same tokens and logits."""
+    monkeypatch.setattr(backend, "PDL_MODE", pdl)
+    with backend.pdl_scope():
+        assert backend.pdl_active() == (pdl != "off" and torch.cuda.get_device_capability()[0] >= 9)
     spec = model_preset("tiny-gqa")
     device = torch.device("cuda")
     eng = Engine.local(spec, SchedulerSpec(kv_block_tokens=16, max_prefill_tokens=32,
@@ -68,6 +75,28 @@ def test_bf16_engine_runs_with_graphs_and_reports_memory():
     assert all(len(out) == 16 for out in report.outputs.values())
     graphed = [t for t in report.timings if t["comm_s"] is None]
     assert graphed  # decode steps were replayed
+
+
+@pytest.mark.gpu
+def test_bf16_graphs_with_and_without_pdl_give_the_same_tokens(monkeypatch):
+    """A race that PDL could open (a kernel reading its predecessor's output before the
+    grid-dependency wait) would change bf16 greedy tokens over 48 decode steps of 8
+    layers; the same seeds must give the same tokens with and without it."""
+    spec = model_preset("tiny-gqa", dtype="bf16", layers=8)
+    reqs = [Request(i, 0.0, 60 + 41 * i, 48) for i in range(5)]
+    outputs = {}
+    for pdl in ("graphs", "off"):
+        monkeypatch.setattr(backend, "PDL_MODE", pdl)
+        eng = Engine.local(spec, SchedulerSpec(gpu_memory_utilization=0.3), EngineOptions(),
+                           torch.device("cuda"))
+        report = eng.serve(sequences(reqs, spec.vocab, 0),
+                           ServeOptions(wall_clock_arrivals=False))
+        assert report.cuda_graphs
+        outputs[pdl] = report.outputs
+        del eng
+        gc.collect()
+        torch.cuda.empty_cache()
+    assert outputs["graphs"] == outputs["off"]
 
 
 @pytest.mark.mpi

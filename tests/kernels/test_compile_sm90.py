@@ -75,6 +75,10 @@ def _peer_combine_cases() -> dict[str, Case]:
     return cases
 
 
+PDL_KERNELS = {"_split_kv_decode_kernel", "_rmsnorm_kernel", "_rope_kernel",
+               "_kv_append_kernel", "_silu_mul_kernel", "_skinny_kernel"}
+
+
 def _other_cases() -> dict[str, Case]:
     """The other kernels, with the constexprs their launchers pick on Hopper."""
     cases = {}
@@ -133,6 +137,26 @@ def _other_cases() -> dict[str, Case]:
                      "kv_heads", "page_size")
         cases[f"kv_append-{dtype}"] = ("paged", "_kv_append_kernel", sig, {
             "HEAD_DIM": 128, "BLOCK_H": 8, "BLOCK_D": 128}, 1, 3)
+        sig = {"gate_up_ptr": f"*{dtype}", "out_ptr": f"*{dtype}"}
+        sig |= _ints("ffn", "stride_in", "stride_out")
+        cases[f"silu_mul-{dtype}"] = ("activation", "_silu_mul_kernel", sig, {"BLOCK": 1024},
+                                      4, 3)
+        for fma, atomic in ((False, False), (True, False), (False, True)):
+            sig = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}",
+                   "out_ptr": "*fp32" if atomic else f"*{dtype}"}
+            sig |= _ints("M", "N", "K", "k_per_split", "stride_xm", "stride_wn", "stride_om")
+            cases[f"skinny-{dtype}-fma{int(fma)}-atomic{int(atomic)}"] = (
+                "gemv", "_skinny_kernel", sig, {
+                    "BLOCK_M": 1 if fma else 16, "BLOCK_N": 64, "BLOCK_K": 256, "FMA": fma,
+                    "ATOMIC": atomic, "UPCAST": False, "DOT_PRECISION": prec}, 4, 4)
+    # every kernel the executor may launch with PDL: PDL off in the cases above, and
+    # each once more with it on (the PTX must then hold the grid-dependency wait)
+    for name in list(cases):
+        if cases[name][1] in PDL_KERNELS:
+            mod, attr, sig, consts, warps, stages = cases[name]
+            cases[name] = (mod, attr, sig, consts | {"PDL": False}, warps, stages)
+            if "-bf16" in name:
+                cases[f"{name}-pdl"] = (mod, attr, sig, consts | {"PDL": True}, warps, stages)
     return cases
 
 
@@ -154,9 +178,11 @@ for name, (mod, attr, sig, consts, warps, stages) in json.loads(sys.argv[1]).ite
     src = triton.compiler.ASTSource(fn=kernel, constexprs=consts,
                                     signature={**sig, **{k: "constexpr" for k in consts}})
     try:
-        triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": warps, "num_stages": stages})
-        results[name] = "ok"
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": warps, "num_stages": stages})
+        waits = "griddepcontrol.wait" in compiled.asm["ptx"]
+        results[name] = ("ok" if waits == bool(consts.get("PDL")) else
+                         f"PDL={consts.get('PDL')} but griddepcontrol.wait in the PTX: {waits}")
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         results[name] = ("skip: " + text) if "ptxas" in text.lower() else text[-3000:]

@@ -1,7 +1,10 @@
 """Backend resolution, and the import boundary of twinfer.kernels."""
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -125,3 +128,64 @@ def test_decode_launch_key_separates_dtypes():
         plan = _plan(2, 1, 8, 2, 64, 32, dtype, 0, 1, None, 132, False)
         keys.add(_launch_key(plan, (1, 2, 3, 4, 5, 6, 0), q, k, k, lens, lens, False))
     assert len(keys) == 2
+
+
+def test_pdl_kernels_launch_with_it_only_inside_the_scope(monkeypatch):
+    # TWINFER_PDL=graphs: a kernel declaring PDL gets PDL=False outside `pdl_scope` and
+    # PDL=True plus Triton's launch_pdl option inside it, each a compiled kernel of its
+    # own; "off" never sets it; kernels without the parameter never see it.
+    calls = []
+
+    class Compiled:
+        packed_metadata = object()
+
+        def __getitem__(self, grid):
+            return lambda *params: calls.append(("fast", params))
+
+    class Kernel:
+        def __init__(self, names):
+            self.arg_names = names
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                calls.append(("jit", args, kwargs))
+                return Compiled()
+            return run
+
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
+    monkeypatch.setattr(backend, "launchable", lambda kernel: kernel)
+    monkeypatch.setattr(backend, "_compiled", {})
+    monkeypatch.setattr(backend, "_pdl_device", lambda: True)
+    monkeypatch.setattr(backend, "PDL_MODE", "graphs")
+    pdl_kernel, plain = Kernel(["x_ptr", "BLOCK", "PDL"]), Kernel(["x_ptr", "BLOCK"])
+    constexprs = (("BLOCK", 64), ("num_warps", 4))
+    backend.launch(pdl_kernel, (1,), ("x",), constexprs, key="k")
+    with backend.pdl_scope():
+        assert backend.pdl_active()
+        backend.launch(pdl_kernel, (1,), ("x",), constexprs, key="k")
+        backend.launch(pdl_kernel, (1,), ("x",), constexprs, key="k")  # compiled: fast
+        backend.launch(plain, (1,), ("x",), constexprs, key="p")
+    assert not backend.pdl_active()
+    backend.launch(pdl_kernel, (1,), ("x",), constexprs, key="k")  # compiled: fast
+    assert calls == [
+        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": False}),
+        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": True, "launch_pdl": True}),
+        ("fast", ("x", 64, True)),
+        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4}),
+        ("fast", ("x", 64, False)),
+    ]
+    monkeypatch.setattr(backend, "PDL_MODE", "off")
+    with backend.pdl_scope():
+        assert not backend.pdl_active()
+    monkeypatch.setattr(backend, "PDL_MODE", "on")
+    assert backend.pdl_active()
+    monkeypatch.setattr(backend, "interpreting", lambda: True)
+    assert not backend.pdl_active()  # the CPU interpreter has no grid dependencies
+
+
+def test_an_unknown_pdl_mode_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-c", "import twinfer.kernels.backend"],
+                          env={**os.environ, "TWINFER_PDL": "maybe"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "TWINFER_PDL='maybe' is not a PDL mode: use one of graphs, on, off" in proc.stderr

@@ -7,7 +7,8 @@ vLLM do the same). Shapes are static by construction: the batch is padded to its
 bucket (padding rows have slot -1, seq_len 0: they write nothing and read nothing),
 and the block table always has the run's ``max_blocks`` columns. The TP all-reduces
 and the logits all-gather are captured with the rest (NCCL supports capture); the
-stage-to-stage transfer stays outside the graph.
+stage-to-stage transfer stays outside the graph. The project's Triton kernels are
+captured with programmatic dependent launch (``TWINFER_PDL``, on Hopper).
 
 Inputs live in static buffers sized for the largest bucket; the graph for bucket b is
 captured on their first b rows, so every graph reads the same addresses.
@@ -23,6 +24,7 @@ from twinfer.exec.kv_cache import KVCache
 from twinfer.exec.model import Transformer
 from twinfer.exec.scheduler import Plan
 from twinfer.exec.staging import HostStaging, packed, torch_dtype
+from twinfer.kernels.backend import pdl_scope
 
 
 def buckets_up_to(max_batch: int) -> list[int]:
@@ -93,14 +95,18 @@ class DecodeGraphs:
         step, x = self._input(b), self.x[:b]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: autotuning, lazy inits, allocations
-            for _ in range(2):
-                self.model(x, step, self.cache)
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            out = self.model(x, step, self.cache)
+        # The project's kernels go in with programmatic dependent launch where
+        # TWINFER_PDL allows (twinfer.kernels.backend): each one's launch overlaps the
+        # tail of the kernel before it.
+        with pdl_scope():
+            with torch.cuda.stream(side):  # warm-up: autotuning, lazy inits, allocations
+                for _ in range(2):
+                    self.model(x, step, self.cache)
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                out = self.model(x, step, self.cache)
         self._pool = graph.pool()
         self._graphs[b] = (graph, out)
         torch.cuda.synchronize()

@@ -13,13 +13,23 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, arg_key, cdiv, interpreting, launch, use_triton
+from twinfer.kernels.backend import (
+    Backend,
+    arg_key,
+    cdiv,
+    interpreting,
+    launch,
+    pdl_prologue,
+    use_triton,
+)
 
 BLOCK = 1024
 
 
 @triton.jit
-def _silu_mul_kernel(gate_up_ptr, out_ptr, ffn, stride_in, stride_out, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gate_up_ptr, out_ptr, ffn, stride_in, stride_out, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
+    pdl_prologue(PDL)
     # program (row, column block): one token's ``BLOCK`` columns of gate and of up
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)

@@ -17,11 +17,14 @@ compiled kernel for the interpreter when interpretation is asked for at call tim
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Literal
 
 import torch
+import triton
+import triton.language as tl
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
@@ -114,10 +117,75 @@ def _direct(compiled, tail: tuple):
     return go
 
 
+# Programmatic dependent launch (PDL, compute capability 9.0+). A kernel launched with
+# it may start while the kernel before it on the stream is still finishing: its launch
+# and prologue overlap the predecessor's tail, which in a decode step of several hundred
+# short kernels is a visible share of the step. A kernel that takes part declares a
+# ``PDL: tl.constexpr`` parameter and, when it is set, opens with `pdl_prologue`: wait
+# for the predecessor's completion and memory (``griddepcontrol.wait``) before touching
+# any memory, then let its own dependents launch. ``TWINFER_PDL=graphs`` (the default)
+# launches such kernels with PDL while the executor captures its decode graphs (where
+# launch gaps are what is left between kernels), ``on`` everywhere, ``off`` never.
+# Kernels without the parameter (cuBLAS, torch, NCCL) launch as always: a PDL kernel
+# after one of them starts early and waits; one of them after a PDL kernel waits for
+# its completion as for any kernel.
+PDL_MODES = ("graphs", "on", "off")
+PDL_MODE = os.environ.get("TWINFER_PDL", "graphs").strip().lower() or "graphs"
+if PDL_MODE not in PDL_MODES:
+    raise ValueError(f"TWINFER_PDL={PDL_MODE!r} is not a PDL mode: use one of "
+                     f"{', '.join(PDL_MODES)}")
+_pdl_depth = 0
+
+
+@functools.cache
+def _pdl_device() -> bool:
+    """Does the current CUDA device run programmatic dependent launches (sm_90+)?"""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@contextlib.contextmanager
+def pdl_scope():
+    """Launches inside the block use PDL where ``TWINFER_PDL`` allows it (``graphs``:
+    the executor wraps its decode-graph capture in this)."""
+    global _pdl_depth
+    _pdl_depth += 1
+    try:
+        yield
+    finally:
+        _pdl_depth -= 1
+
+
+def pdl_active() -> bool:
+    """Would a kernel that supports PDL be launched with it now?"""
+    if PDL_MODE == "off" or interpreting():
+        return False
+    return (PDL_MODE == "on" or _pdl_depth > 0) and _pdl_device()
+
+
+@triton.jit
+def pdl_prologue(PDL: tl.constexpr):
+    """The first statement of a kernel taking part in PDL: wait until the kernels before
+    it on the stream have completed and their writes are visible, then allow the next
+    kernel to launch (it will wait the same way). A no-op unless ``PDL``."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@functools.cache
+def _takes_pdl(kernel) -> bool:
+    return "PDL" in getattr(kernel, "arg_names", ())
+
+
 def launch(kernel, grid, args: tuple, constexprs: tuple, key) -> None:
     """``kernel[grid](*args, **dict(constexprs))``: ``args`` are the kernel's leading
     runtime parameters in order, ``constexprs`` (name, value) pairs for the rest (plus
-    num_warps / num_stages)."""
+    num_warps / num_stages). A kernel with a ``PDL`` parameter gets it here (see
+    `pdl_scope`), with Triton's ``launch_pdl`` option when set."""
+    if _takes_pdl(kernel):
+        pdl = pdl_active()
+        key = (key, pdl)
+        constexprs = (*constexprs, ("PDL", pdl)) + ((("launch_pdl", True),) if pdl else ())
     entry = _compiled.get(key) if FAST_LAUNCH else None
     if entry is not None:
         entry(grid, args)

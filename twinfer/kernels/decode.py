@@ -49,6 +49,7 @@ from twinfer.kernels.backend import (
     interpreting,
     launch,
     next_pow2,
+    pdl_prologue,
     sm_count,
     use_triton,
 )
@@ -96,8 +97,9 @@ def _split_kv_decode_kernel(
     Q_LEN: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     # Grid: (kv_heads, batch, num_splits). q, out, lse and the partials are contiguous
     # [.., q_heads, D] tensors, so their strides follow from the grid (fewer arguments,
     # cheaper launches); K/V may be any strided view.

@@ -37,7 +37,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, arg_key, cdiv, interpreting, launch, use_triton
+from twinfer.kernels.backend import (
+    Backend,
+    arg_key,
+    cdiv,
+    interpreting,
+    launch,
+    pdl_prologue,
+    use_triton,
+)
 
 ENV = "TWINFER_GEMV"
 MAX_M = 16
@@ -49,7 +57,9 @@ def _skinny_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, k_per_split, stride_xm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     FMA: tl.constexpr, ATOMIC: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -24,7 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, arg_key, interpreting, launch, next_pow2, use_triton
+from twinfer.kernels.backend import (
+    Backend,
+    arg_key,
+    interpreting,
+    launch,
+    next_pow2,
+    pdl_prologue,
+    use_triton,
+)
 
 # Does "auto" use the Triton kernels on CUDA tensors? Set from the H200 benchmark
 # (docs/BENCHMARKS.md): RMSNorm 1.2-2.2x faster than F.rms_norm at 1-16384 tokens,
@@ -36,8 +44,9 @@ TRITON_BY_DEFAULT = {"rmsnorm": True, "rope": True}
 def _rmsnorm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_r, stride_o, stride_ro, n_cols, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     # One program normalizes one row; the whole row sits in registers.
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -62,8 +71,9 @@ def _rope_kernel(
     stride_qot, stride_qoh, stride_kot, stride_koh, stride_cs,
     q_heads, kv_heads,
     HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-    BLOCK_HALF: tl.constexpr,
+    BLOCK_HALF: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     # One program rotates every query and key head of one token.
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + token).to(tl.int64)

@@ -19,7 +19,15 @@ import torch
 import triton
 import triton.language as tl
 
-from twinfer.kernels.backend import Backend, arg_key, interpreting, launch, next_pow2, use_triton
+from twinfer.kernels.backend import (
+    Backend,
+    arg_key,
+    interpreting,
+    launch,
+    next_pow2,
+    pdl_prologue,
+    use_triton,
+)
 
 
 @triton.jit
@@ -28,8 +36,9 @@ def _kv_append_kernel(
     stride_knt, stride_knh, stride_vnt, stride_vnh,
     stride_kpb, stride_kps, stride_kph, stride_vpb, stride_vps, stride_vph,
     kv_heads, page_size,
-    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     # One program copies one token's [kv_heads, head_dim] K and V rows into its slot.
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + token).to(tl.int64)
