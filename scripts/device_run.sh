@@ -337,8 +337,8 @@ refresh4)
   ;;
 refresh5)
   # one GPU, fifth session: the GPU tests (kernels, executor: PDL on and off), batch
-  # 1-64 TPOT with programmatic dependent launch off and on (alternating, same
-  # machine), the TP=1 overhead runs and matrix with the default executor, decode
+  # 1-16 TPOT with programmatic dependent launch off and with each trigger (alternating,
+  # same machine), the TP=1 overhead runs and matrix with the default executor, decode
   # attention as swept and in situ, fresh first prefills, a profiled TP=1 b1 c512 run
   shipped_profile
   log "gpu tests (kernels, exec)" | tee -a "$OUT/run.log"
@@ -349,11 +349,12 @@ refresh5)
   [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
   {
     for round in 1 2; do
-      for pdl in off graphs; do
-        log "bench --part ours, TWINFER_PDL=$pdl (round $round)"
-        TWINFER_PDL=$pdl timeout -k 5 90 python3 -m twinfer.exec.bench --part ours \
-          --batches 1 16 64 --contexts 512 4096 --out /tmp/res/bench-pdl-$pdl-$round.json \
-          2>&1 | tail -9
+      for v in off start end exit; do
+        pdl=graphs; [ $v = off ] && pdl=off
+        log "bench --part ours, TWINFER_PDL=$pdl trigger $v, every batch (round $round)"
+        TWINFER_PDL=$pdl TWINFER_PDL_TRIGGER=${v/off/start} TWINFER_PDL_MAX_BATCH=1000 \
+          timeout -k 5 90 python3 -m twinfer.exec.bench --part ours --batches 1 4 8 16 \
+          --contexts 512 4096 --out /tmp/res/bench-pdl-$v-$round.json 2>&1 | tail -9
       done
     done
     log "campaign tp1 (overheads + matrix)"

@@ -85,18 +85,20 @@ def test_bf16_graphs_with_and_without_pdl_give_the_same_tokens(monkeypatch):
     spec = model_preset("tiny-gqa", dtype="bf16", layers=8)
     reqs = [Request(i, 0.0, 60 + 41 * i, 48) for i in range(5)]
     outputs = {}
-    for pdl in ("graphs", "off"):
+    for pdl, trigger in (("graphs", "start"), ("graphs", "end"), ("off", "start")):
         monkeypatch.setattr(backend, "PDL_MODE", pdl)
+        monkeypatch.setattr(backend, "PDL_TRIGGER", backend.PDL_TRIGGERS[trigger])
         eng = Engine.local(spec, SchedulerSpec(gpu_memory_utilization=0.3), EngineOptions(),
                            torch.device("cuda"))
         report = eng.serve(sequences(reqs, spec.vocab, 0),
                            ServeOptions(wall_clock_arrivals=False))
         assert report.cuda_graphs
-        outputs[pdl] = report.outputs
+        outputs[pdl, trigger] = report.outputs
         del eng
         gc.collect()
         torch.cuda.empty_cache()
-    assert outputs["graphs"] == outputs["off"]
+    assert outputs["graphs", "start"] == outputs["off", "start"]
+    assert outputs["graphs", "end"] == outputs["off", "start"]
 
 
 @pytest.mark.mpi

@@ -154,9 +154,11 @@ def _other_cases() -> dict[str, Case]:
     for name in list(cases):
         if cases[name][1] in PDL_KERNELS:
             mod, attr, sig, consts, warps, stages = cases[name]
-            cases[name] = (mod, attr, sig, consts | {"PDL": False}, warps, stages)
-            if "-bf16" in name:
-                cases[f"{name}-pdl"] = (mod, attr, sig, consts | {"PDL": True}, warps, stages)
+            cases[name] = (mod, attr, sig, consts | {"PDL": 0}, warps, stages)
+            if "-bf16" in name:  # the dependents' trigger at the start, at the end
+                for pdl in (1, 2):
+                    cases[f"{name}-pdl{pdl}"] = (mod, attr, sig, consts | {"PDL": pdl}, warps,
+                                                 stages)
     return cases
 
 

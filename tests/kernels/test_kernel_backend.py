@@ -157,6 +157,7 @@ def test_pdl_kernels_launch_with_it_only_inside_the_scope(monkeypatch):
     monkeypatch.setattr(backend, "_compiled", {})
     monkeypatch.setattr(backend, "_pdl_device", lambda: True)
     monkeypatch.setattr(backend, "PDL_MODE", "graphs")
+    monkeypatch.setattr(backend, "PDL_TRIGGER", backend.PDL_TRIGGERS["start"])
     pdl_kernel, plain = Kernel(["x_ptr", "BLOCK", "PDL"]), Kernel(["x_ptr", "BLOCK"])
     constexprs = (("BLOCK", 64), ("num_warps", 4))
     backend.launch(pdl_kernel, (1,), ("x",), constexprs, key="k")
@@ -168,12 +169,17 @@ def test_pdl_kernels_launch_with_it_only_inside_the_scope(monkeypatch):
     assert not backend.pdl_active()
     backend.launch(pdl_kernel, (1,), ("x",), constexprs, key="k")  # compiled: fast
     assert calls == [
-        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": False}),
-        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": True, "launch_pdl": True}),
-        ("fast", ("x", 64, True)),
+        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": 0}),
+        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": 1, "launch_pdl": True}),
+        ("fast", ("x", 64, 1)),
         ("jit", ("x",), {"BLOCK": 64, "num_warps": 4}),
-        ("fast", ("x", 64, False)),
+        ("fast", ("x", 64, 0)),
     ]
+    monkeypatch.setattr(backend, "PDL_MAX_BATCH", 8)
+    with backend.pdl_scope(16):  # a graph over the batch limit: no PDL
+        assert not backend.pdl_active()
+    with backend.pdl_scope(8):
+        assert backend.pdl_active()
     monkeypatch.setattr(backend, "PDL_MODE", "off")
     with backend.pdl_scope():
         assert not backend.pdl_active()
@@ -183,9 +189,15 @@ def test_pdl_kernels_launch_with_it_only_inside_the_scope(monkeypatch):
     assert not backend.pdl_active()  # the CPU interpreter has no grid dependencies
 
 
-def test_an_unknown_pdl_mode_is_a_clear_error():
-    proc = subprocess.run([sys.executable, "-c", "import twinfer.kernels.backend"],
-                          env={**os.environ, "TWINFER_PDL": "maybe"},
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "TWINFER_PDL='maybe' is not a PDL mode: use one of graphs, on, off" in proc.stderr
+def test_unknown_pdl_settings_are_clear_errors():
+    for name, value, message in [
+            ("TWINFER_PDL", "maybe", "TWINFER_PDL='maybe' is not valid: use one of graphs, "
+                                     "on, off"),
+            ("TWINFER_PDL_TRIGGER", "late", "use one of start, end, exit"),
+            ("TWINFER_PDL_MAX_BATCH", "0", "TWINFER_PDL_MAX_BATCH='0' is not valid: give a "
+                                           "batch size >= 1")]:
+        proc = subprocess.run([sys.executable, "-c", "import twinfer.kernels.backend"],
+                              env={**os.environ, name: value}, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0
+        assert message in proc.stderr

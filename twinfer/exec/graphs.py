@@ -98,7 +98,7 @@ class DecodeGraphs:
         # The project's kernels go in with programmatic dependent launch where
         # TWINFER_PDL allows (twinfer.kernels.backend): each one's launch overlaps the
         # tail of the kernel before it.
-        with pdl_scope():
+        with pdl_scope(b):
             with torch.cuda.stream(side):  # warm-up: autotuning, lazy inits, allocations
                 for _ in range(2):
                     self.model(x, step, self.cache)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -31,6 +32,17 @@ def versions() -> dict:
     return out
 
 
+def switches() -> dict:
+    """The executor's switches in effect on this rank: every ``TWINFER_*`` variable set
+    (as given) and the programmatic-dependent-launch settings as resolved."""
+    from twinfer.kernels import backend
+
+    trigger = {v: k for k, v in backend.PDL_TRIGGERS.items()}[backend.PDL_TRIGGER]
+    return {"env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TWINFER_")},
+            "pdl": backend.PDL_MODE, "pdl_trigger": trigger,
+            "pdl_max_batch": backend.PDL_MAX_BATCH}
+
+
 def results_document(session, gathered: list) -> dict:
     """Merge every rank's (report, info) into the results document (docs/RESULTS.md)."""
     scenario = session.scenario
@@ -47,6 +59,7 @@ def results_document(session, gathered: list) -> dict:
                    "name": active[0]["device"] if active else None, "count": len(gathered)},
         "versions": versions(),
         "options": {k: v for k, v in asdict(session.args).items() if k not in ("scenario",)},
+        "switches": switches(),
         "created_unix_s": time.time(),
     }
     kv = {"page_size": scenario.scheduler.kv_block_tokens,

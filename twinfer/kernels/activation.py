@@ -19,6 +19,7 @@ from twinfer.kernels.backend import (
     cdiv,
     interpreting,
     launch,
+    pdl_epilogue,
     pdl_prologue,
     use_triton,
 )
@@ -38,6 +39,7 @@ def _silu_mul_kernel(gate_up_ptr, out_ptr, ffn, stride_in, stride_out, BLOCK: tl
     up = tl.load(gate_up_ptr + row * stride_in + ffn + cols, mask=mask, other=0.0)
     y = gate / (1.0 + tl.exp(-gate)) * up.to(tl.float32)
     tl.store(out_ptr + row * stride_out + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    pdl_epilogue(PDL)
 
 
 def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:

@@ -121,19 +121,42 @@ def _direct(compiled, tail: tuple):
 # it may start while the kernel before it on the stream is still finishing: its launch
 # and prologue overlap the predecessor's tail, which in a decode step of several hundred
 # short kernels is a visible share of the step. A kernel that takes part declares a
-# ``PDL: tl.constexpr`` parameter and, when it is set, opens with `pdl_prologue`: wait
-# for the predecessor's completion and memory (``griddepcontrol.wait``) before touching
-# any memory, then let its own dependents launch. ``TWINFER_PDL=graphs`` (the default)
-# launches such kernels with PDL while the executor captures its decode graphs (where
-# launch gaps are what is left between kernels), ``on`` everywhere, ``off`` never.
-# Kernels without the parameter (cuBLAS, torch, NCCL) launch as always: a PDL kernel
-# after one of them starts early and waits; one of them after a PDL kernel waits for
-# its completion as for any kernel.
+# ``PDL: tl.constexpr`` parameter and opens with `pdl_prologue`: wait for the
+# predecessor's completion and memory (``griddepcontrol.wait``) before touching any
+# memory; it lets its own dependents launch where ``TWINFER_PDL_TRIGGER`` says: at its
+# start (``start``), after its last store (``end``, `pdl_epilogue`), or when it exits
+# (``exit``). ``TWINFER_PDL=graphs`` (the default) launches such kernels with PDL while
+# the executor captures a decode graph of at most ``TWINFER_PDL_MAX_BATCH`` sequences
+# (default 8), ``on`` everywhere, ``off`` never. On an H100 (docs/BENCHMARKS.md) the
+# decode graphs ran 4% faster with it at batch 1 and 2-3% slower at batch 16. Kernels
+# without the parameter (cuBLAS, torch, NCCL) launch as always: a PDL kernel after one
+# of them starts early and waits; one of them after a PDL kernel waits for its
+# completion as for any kernel.
 PDL_MODES = ("graphs", "on", "off")
-PDL_MODE = os.environ.get("TWINFER_PDL", "graphs").strip().lower() or "graphs"
-if PDL_MODE not in PDL_MODES:
-    raise ValueError(f"TWINFER_PDL={PDL_MODE!r} is not a PDL mode: use one of "
-                     f"{', '.join(PDL_MODES)}")
+PDL_TRIGGERS = {"start": 1, "end": 2, "exit": 3}  # the PDL constexpr's values (0: off)
+
+
+def _env_choice(name: str, default: str, choices) -> str:
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid: use one of {', '.join(choices)}")
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    try:
+        value = int(text) if text else default
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise ValueError(f"{name}={text!r} is not valid: give a batch size >= 1")
+    return value
+
+
+PDL_MODE = _env_choice("TWINFER_PDL", "graphs", PDL_MODES)
+PDL_TRIGGER = PDL_TRIGGERS[_env_choice("TWINFER_PDL_TRIGGER", "start", PDL_TRIGGERS)]
+PDL_MAX_BATCH = _env_int("TWINFER_PDL_MAX_BATCH", 8)
 _pdl_depth = 0
 
 
@@ -144,15 +167,17 @@ def _pdl_device() -> bool:
 
 
 @contextlib.contextmanager
-def pdl_scope():
+def pdl_scope(batch: int | None = None):
     """Launches inside the block use PDL where ``TWINFER_PDL`` allows it (``graphs``:
-    the executor wraps its decode-graph capture in this)."""
+    the executor wraps the capture of a decode graph of ``batch`` sequences in this;
+    a batch over ``TWINFER_PDL_MAX_BATCH`` gets none)."""
     global _pdl_depth
-    _pdl_depth += 1
+    on = batch is None or batch <= PDL_MAX_BATCH
+    _pdl_depth += on
     try:
         yield
     finally:
-        _pdl_depth -= 1
+        _pdl_depth -= on
 
 
 def pdl_active() -> bool:
@@ -165,10 +190,20 @@ def pdl_active() -> bool:
 @triton.jit
 def pdl_prologue(PDL: tl.constexpr):
     """The first statement of a kernel taking part in PDL: wait until the kernels before
-    it on the stream have completed and their writes are visible, then allow the next
-    kernel to launch (it will wait the same way). A no-op unless ``PDL``."""
-    if PDL:
+    it on the stream have completed and their writes are visible; with the ``start``
+    trigger, then allow the next kernel to launch (it waits the same way). A no-op when
+    ``PDL`` is 0."""
+    if PDL > 0:
         tl.extra.cuda.gdc_wait()
+    if PDL == 1:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_epilogue(PDL: tl.constexpr):
+    """The last statement of a kernel taking part in PDL: with the ``end`` trigger, allow
+    the next kernel to launch now."""
+    if PDL == 2:
         tl.extra.cuda.gdc_launch_dependents()
 
 
@@ -183,7 +218,7 @@ def launch(kernel, grid, args: tuple, constexprs: tuple, key) -> None:
     num_warps / num_stages). A kernel with a ``PDL`` parameter gets it here (see
     `pdl_scope`), with Triton's ``launch_pdl`` option when set."""
     if _takes_pdl(kernel):
-        pdl = pdl_active()
+        pdl = PDL_TRIGGER if pdl_active() else 0
         key = (key, pdl)
         constexprs = (*constexprs, ("PDL", pdl)) + ((("launch_pdl", True),) if pdl else ())
     entry = _compiled.get(key) if FAST_LAUNCH else None

@@ -49,6 +49,7 @@ from twinfer.kernels.backend import (
     interpreting,
     launch,
     next_pow2,
+    pdl_epilogue,
     pdl_prologue,
     sm_count,
     use_triton,
@@ -219,6 +220,7 @@ def _split_kv_decode_kernel(
             tl.store(lse_ptr + row_m, tl.where(nonempty, m_i + tl.log(l_safe), float("-inf")),
                      mask=mask_m)
             tl.store(counter, 0)  # re-arm for the next launch
+    pdl_epilogue(PDL)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from twinfer.kernels.backend import (
     cdiv,
     interpreting,
     launch,
+    pdl_epilogue,
     pdl_prologue,
     use_triton,
 )
@@ -102,6 +103,7 @@ def _skinny_kernel(
             tl.atomic_add(out, acc, mask=mask)
         else:
             tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    pdl_epilogue(PDL)
 
 
 @dataclass(frozen=True)

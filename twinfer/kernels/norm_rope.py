@@ -30,6 +30,7 @@ from twinfer.kernels.backend import (
     interpreting,
     launch,
     next_pow2,
+    pdl_epilogue,
     pdl_prologue,
     use_triton,
 )
@@ -62,6 +63,7 @@ def _rmsnorm_kernel(
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_o + cols, (x * inv_rms * w).to(out_ptr.dtype.element_ty),
              mask=mask)
+    pdl_epilogue(PDL)
 
 
 @triton.jit
@@ -100,6 +102,7 @@ def _rope_kernel(
     x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
     tl.store(dst, (x1 * cos - x2 * sin).to(k_out_ptr.dtype.element_ty), mask=mask)
     tl.store(dst + HALF, (x2 * cos + x1 * sin).to(k_out_ptr.dtype.element_ty), mask=mask)
+    pdl_epilogue(PDL)
 
 
 def _auto(op: str, backend: Backend, x: torch.Tensor) -> bool:

@@ -25,6 +25,7 @@ from twinfer.kernels.backend import (
     interpreting,
     launch,
     next_pow2,
+    pdl_epilogue,
     pdl_prologue,
     use_triton,
 )
@@ -58,6 +59,7 @@ def _kv_append_kernel(
                  + offs_h[:, None] * stride_vph + offs_d[None, :])
         tl.store(k_dst, k.to(k_pages_ptr.dtype.element_ty), mask=mask)
         tl.store(v_dst, v.to(v_pages_ptr.dtype.element_ty), mask=mask)
+    pdl_epilogue(PDL)
 
 
 def paged_kv_append_ref(
