@@ -378,6 +378,47 @@ refresh5)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
+refresh6)
+  # one GPU, fifth session's final executor (PDL in the decode graphs, `end` trigger):
+  # the executor's GPU tests, batch 1-64 TPOT with PDL off and on (two rounds,
+  # alternating), the TP=1 overhead runs and matrix, fresh first prefills, decode
+  # attention as swept and in situ
+  shipped_profile
+  log "gpu exec tests" | tee -a "$OUT/run.log"
+  timeout -k 5 120 python3 -m pytest -q -m gpu tests/exec/test_gpu.py tests/exec/test_host_side.py \
+    -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
+  code=$?
+  echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
+  {
+    for round in 1 2; do
+      for pdl in off graphs; do
+        log "bench --part ours, TWINFER_PDL=$pdl (round $round)"
+        TWINFER_PDL=$pdl timeout -k 5 80 python3 -m twinfer.exec.bench --part ours \
+          --batches 1 16 64 --contexts 512 4096 --out /tmp/res/bench-pdl-$pdl-$round.json \
+          2>&1 | tail -7
+      done
+    done
+    log "campaign tp1 (overheads + matrix)"
+    timeout -k 5 $(( $(left) - 50 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
+      --run-timeout-s 120 --time-budget-s $(( $(left) - 70 )) 2>&1 | tail -24
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
+    for i in 1 2; do
+      log "first prefill: tp1 b1 c512 run $i"
+      timeout -k 5 30 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
+        --out /tmp/res/first-$i.json 2>&1 | grep -i "ttft\|error\|failed" | head -3
+    done
+    if [ $(left) -gt 25 ]; then
+      log "decode attention: sweep vs in situ"
+      timeout -k 5 $(( $(left) - 8 )) python3 scripts/decode_in_situ.py \
+        --out /tmp/res/decode_in_situ.json 2>&1 | tail -12
+    fi
+    tar czf "$OUT/results.tgz" -C /tmp res
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+  ;;
 cores1)
   # one GPU: does the host's speed depend on the CPU core the rank runs on? The TP=1
   # b1 c512 point, unpinned and pinned to one core (taskset) per run: each run's

@@ -123,15 +123,17 @@ def _direct(compiled, tail: tuple):
 # short kernels is a visible share of the step. A kernel that takes part declares a
 # ``PDL: tl.constexpr`` parameter and opens with `pdl_prologue`: wait for the
 # predecessor's completion and memory (``griddepcontrol.wait``) before touching any
-# memory; it lets its own dependents launch where ``TWINFER_PDL_TRIGGER`` says: at its
-# start (``start``), after its last store (``end``, `pdl_epilogue`), or when it exits
-# (``exit``). ``TWINFER_PDL=graphs`` (the default) launches such kernels with PDL while
-# the executor captures a decode graph of at most ``TWINFER_PDL_MAX_BATCH`` sequences
-# (default 8), ``on`` everywhere, ``off`` never. On an H100 (docs/BENCHMARKS.md) the
-# decode graphs ran 4% faster with it at batch 1 and 2-3% slower at batch 16. Kernels
-# without the parameter (cuBLAS, torch, NCCL) launch as always: a PDL kernel after one
-# of them starts early and waits; one of them after a PDL kernel waits for its
-# completion as for any kernel.
+# memory; it lets its own dependents launch where ``TWINFER_PDL_TRIGGER`` says: after
+# its last store (``end``, `pdl_epilogue`; the default), at its start (``start``), or
+# when it exits (``exit``). ``TWINFER_PDL=graphs`` (the default) launches such kernels
+# with PDL while the executor captures a decode graph (of at most
+# ``TWINFER_PDL_MAX_BATCH`` sequences, default no limit), ``on`` everywhere, ``off``
+# never. On an H100 (docs/BENCHMARKS.md, batch 1-16, contexts 512 and 4K) the decode
+# graphs ran 1.9% faster on average with the ``end`` trigger (-5.1% to +0.7%); the
+# ``start`` trigger, which lets dependents occupy the GPU's slots earliest, gained 2-4%
+# at batch 1 but lost 3% at batch 16. Kernels without the parameter (cuBLAS, torch,
+# NCCL) launch as always: a PDL kernel after one of them starts early and waits; one of
+# them after a PDL kernel waits for its completion as for any kernel.
 PDL_MODES = ("graphs", "on", "off")
 PDL_TRIGGERS = {"start": 1, "end": 2, "exit": 3}  # the PDL constexpr's values (0: off)
 
@@ -155,8 +157,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 PDL_MODE = _env_choice("TWINFER_PDL", "graphs", PDL_MODES)
-PDL_TRIGGER = PDL_TRIGGERS[_env_choice("TWINFER_PDL_TRIGGER", "start", PDL_TRIGGERS)]
-PDL_MAX_BATCH = _env_int("TWINFER_PDL_MAX_BATCH", 8)
+PDL_TRIGGER = PDL_TRIGGERS[_env_choice("TWINFER_PDL_TRIGGER", "end", PDL_TRIGGERS)]
+PDL_MAX_BATCH = _env_int("TWINFER_PDL_MAX_BATCH", 1 << 30)
 _pdl_depth = 0
 
 
