@@ -229,6 +229,7 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
     local_rank = node.Get_rank()
     device = _device(args.device, local_rank)
     _check_devices(node, device, rank)
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     pinned = pin_core(local_rank) if device.type == "cuda" else None
     phase(rank, f"device {device} (local rank {local_rank} of {node.Get_size()}, "
                 f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}, "
@@ -280,7 +281,8 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
         "rank": rank, "pipeline": groups.pipeline_index, "stage": groups.stage_index,
         "tp_rank": groups.tp_rank, "tp": groups.tp_size, "leader": groups.is_leader,
         "driver": groups.is_driver, "device": _device_name(device), **engine.info,
-        "num_blocks": engine.num_blocks, "page_size": scenario.scheduler.kv_block_tokens}
+        "num_blocks": engine.num_blocks, "page_size": scenario.scheduler.kv_block_tokens,
+        "cpu_core": pinned, "cpus_allowed": allowed}
     return session
 
 
