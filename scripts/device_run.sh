@@ -419,6 +419,33 @@ refresh6)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
+campaign5)
+  # one GPU, the slim refresh: the executor's GPU tests, then the TP=1 overhead runs and
+  # matrix with the default executor, and two fresh first prefills
+  shipped_profile
+  log "gpu exec tests" | tee -a "$OUT/run.log"
+  timeout -k 5 120 python3 -m pytest -q -m gpu tests/exec/test_gpu.py tests/exec/test_host_side.py \
+    -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
+  code=$?
+  echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
+  {
+    log "campaign tp1 (overheads + matrix)"
+    timeout -k 5 $(( $(left) - 30 )) python3 -m twinfer.calibration.campaign --out $camp \
+      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
+      --run-timeout-s 120 --time-budget-s $(( $(left) - 45 )) 2>&1 | tail -24
+    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
+    for i in 1 2; do
+      [ $(left) -gt 12 ] || break
+      log "first prefill: tp1 b1 c512 run $i"
+      timeout -k 2 $(( $(left) - 4 )) python3 -m twinfer.exec /tmp/first.yaml --device cuda \
+        --arrivals batch --out /tmp/res/first-$i.json 2>&1 | grep -i "ttft\|error\|failed" | head -3
+    done
+    tar czf "$OUT/results.tgz" -C /tmp res
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+  ;;
 cores1)
   # one GPU: does the host's speed depend on the CPU core the rank runs on? The TP=1
   # b1 c512 point, unpinned and pinned to one core (taskset) per run: each run's
