@@ -99,3 +99,15 @@ def test_the_warm_up_packs_what_the_first_prefill_step_will():
     assert warmup_prompts([100, 900], sched, 1, 8192) == [100, 900]
     assert warmup_prompts([8, 4000], sched, 1, 8192) == [1024]  # the longest, clipped
     assert warmup_prompts([4], sched, 1, 8192) == [16]
+
+
+def test_the_eager_decode_warm_up_covers_the_largest_decode_batch():
+    from types import SimpleNamespace
+
+    from twinfer.exec.rank import warmup_decode_batch
+
+    sched = SimpleNamespace(max_prefill_tokens=256, max_running=48)
+    assert warmup_decode_batch(4, sched, 1) == 4
+    assert warmup_decode_batch(64, sched, 1) == 48  # the running cap
+    assert warmup_decode_batch(32, sched, 2) == 16  # PP: one micro-batch group's share
+    assert warmup_decode_batch(0, sched, 1) == 1

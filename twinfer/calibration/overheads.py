@@ -332,10 +332,10 @@ def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: 
 
 def _fit_eager(rows: list[StepReplay], step_s: float, per_layer_s: float,
                follower_step_s: float, seq_s: float = 0.0) -> EagerFit | None:
-    """Host time per layer from eager decode steps: what a step took beyond the step
-    terms, per layer (``measured = max(kernels, layers * h) + terms``, inverted where
-    the host bound; a step whose kernels bound it gives an upper bound of ``h``, which
-    the floor then never exceeds for that step's shape)."""
+    """Host time per layer from eager decode steps (their median): what a step took
+    beyond the step terms, per layer (``measured = max(kernels, layers * h) + terms``,
+    inverted where the host bound; a step whose kernels bound it gives an upper bound of
+    ``h``, which the floor then never exceeds for that step's shape)."""
     def host_s(r: StepReplay) -> float:
         terms = (step_s + per_layer_s * r.layers + seq_s * r.batch
                  + (follower_step_s if r.gpus > 1 else 0.0))
@@ -352,7 +352,9 @@ def _fit_eager(rows: list[StepReplay], step_s: float, per_layer_s: float,
             return 0.0, 0, 0
         hosts = [host_s(r) for r in group]
         bound = sum(h > r.kernels_s for h, r in zip(hosts, group, strict=True))
-        return float(np.mean([h / r.layers for h, r in zip(hosts, group, strict=True)])), \
+        # the median: one step that compiled a kernel (0.59 s) or ran on a slowed host
+        # must not set the floor of every eager step
+        return float(np.median([h / r.layers for h, r in zip(hosts, group, strict=True)])), \
             len(group), bound
 
     layer_s, n, bound = per_layer(alone)

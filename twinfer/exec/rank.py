@@ -276,6 +276,16 @@ def open_session(args: ExecArgs, world, scenario: Scenario | None = None) -> Ses
             phase(rank, f"warm-up serve ({len(prompts)} prompts, {sum(prompts)} tokens)")
             engine.serve([Sequence(-1 - i, 0.0, [1] * n, 4) for i, n in enumerate(prompts)],
                          ServeOptions(wall_clock_arrivals=False))
+        # Eager decode steps of more sequences than that serve decoded use other kernel
+        # specializations (the skinny GEMV's multi-row configuration): a first use in the
+        # measured serve cost one eager decode step 0.59 s of compilation on a fresh H100
+        # (docs/VALIDATION.md). Decode graphs are warmed by their capture.
+        batch = warmup_decode_batch(len(config.requests), scenario.scheduler,
+                                    groups.pipeline.micro_batches)
+        if not opts.cuda_graphs and batch > len(prompts):
+            phase(rank, f"warm-up serve of eager decode ({batch} sequences)")
+            engine.serve([Sequence(-1 - len(prompts) - i, 0.0, [1] * 16, 4)
+                          for i in range(batch)], ServeOptions(wall_clock_arrivals=False))
     session.engine = engine
     session.info = {
         "rank": rank, "pipeline": groups.pipeline_index, "stage": groups.stage_index,
@@ -316,6 +326,12 @@ def warmup_prompts(prompts: list[int], sched, micro_batches: int, longest: int) 
         tokens += n
     alone = max(16, min(max(prompts, default=16), budget, longest))
     return first if max(first, default=0) >= alone else [alone]
+
+
+def warmup_decode_batch(requests: int, sched, micro_batches: int) -> int:
+    """The most sequences one decode step of the workload carries (its running cap and
+    one micro-batch group's share)."""
+    return max(1, min(sched.max_running, ceil(requests / max(1, micro_batches))))
 
 
 PIN_CORE_ENV = "TWINFER_PIN_CORE"  # "auto" (default), "off", or a core per local rank
