@@ -262,6 +262,8 @@ def compare(
         c = cmp.compare(doc, prof, str(path))
         found.append(c)
         console.print(cmp.comparison_table(c))
+        for note in c.notes:
+            console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
         if steps:
             groups = cmp.step_groups(doc, prof)
             console.print(cmp.steps_table(groups, f"{c.scenario}: steps by composition"))

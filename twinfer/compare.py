@@ -49,6 +49,7 @@ class Comparison:
     profile: str  # name (source) of the profile the twin used
     measured: dict[str, float]
     predicted: dict[str, float]
+    notes: tuple[str, ...] = ()  # what may make the comparison unfair (executor_notes)
 
     def errors(self) -> dict[str, float]:
         """Relative error ``(predicted - measured) / measured`` per metric (NaN if none)."""
@@ -112,7 +113,26 @@ def compare(doc: dict, profile: Profile | None = None, source: str = "") -> Comp
         device=f"{device.get('name') or device.get('type', '?')} x{device.get('count', 1)}",
         requests=workload.requests, prompt_tokens=_length(workload.prompt_tokens),
         output_tokens=_length(workload.output_tokens),
-        profile=f"{profile.name} ({profile.source})", measured=measured, predicted=predicted)
+        profile=f"{profile.name} ({profile.source})", measured=measured, predicted=predicted,
+        notes=executor_notes(doc, profile))
+
+
+def executor_notes(doc: dict, profile: Profile) -> tuple[str, ...]:
+    """A note when the run's executor switches (results' ``switches``) differ from those
+    of the runs the profile's overheads were fitted to (``overheads.executor``): its
+    fixed per-step and per-layer terms then describe another executor. Nothing where
+    either side did not record them."""
+    fitted = profile.overheads.executor
+    run = doc.get("switches")
+    if not fitted or not isinstance(run, dict):
+        return ()
+    diff = [f"{key} {run.get(key)!r} (run) vs {value!r} (profile)"
+            for key, value in sorted(fitted.items()) if run.get(key) != value]
+    if not diff:
+        return ()
+    return (f"executor switches differ from the runs {profile.name}'s overheads were "
+            f"fitted to: {', '.join(diff)}; its fixed overheads may be off by a few "
+            "percent",)
 
 
 def measured_kv_blocks(doc: dict) -> list[int] | None:
@@ -298,6 +318,11 @@ def validation_table(sources: list[str | Path], profile: str | Path | None = Non
                          f"{errs.max():.1%} |")
     profiles = sorted({c.profile for c in rows})
     lines += ["", f"Twin profiles: {', '.join(profiles)}."]
+    notes: dict[str, int] = {}
+    for c in rows:
+        for note in c.notes:
+            notes[note] = notes.get(note, 0) + 1
+    lines += [f"Note ({n} of {len(rows)} runs): {note}." for note, n in notes.items()]
     return "\n".join(lines)
 
 

@@ -130,6 +130,7 @@ class OverheadFit:
     prefill_host: tuple[float, float, int] | None = None  # (fixed s, per layer s, steps)
     stage_step_s: float = 0.0  # from runs with pipeline stages, per stage before the last
     stage_steps: int = 0  # runs with pipeline stages it was fitted to
+    executor: dict | None = None  # the runs' executor switches (None: not recorded)
 
     def note(self, sources: list[str]) -> str:
         split = ("" if len(self.layer_counts) > 1 else
@@ -260,8 +261,33 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
     fit = OverheadFit(step_s, per_layer_s, rms, len(rows), counts, bool(graphs),
                       _comm_share(docs), prefill_step_s, len(prefill), follower_step_s,
                       len(crowd) if with_followers else 0, eager, seq_s,
-                      len({r.batch for r in decode}), host)
+                      len({r.batch for r in decode}), host,
+                      executor=executor_switches(docs))
     return _fit_stage_step(fit, pipe_docs, profile) if pipe_docs else fit
+
+
+def executor_switches(docs: list[dict]) -> dict | None:
+    """The executor switches the runs share (results' ``switches`` less ``env``), None
+    where none recorded them. Runs with different switches (PDL on in one, off in
+    another) measured different executors: fitting one set of overheads to both is an
+    error."""
+    seen = {}
+    for doc in docs:
+        sw = doc.get("switches")
+        if isinstance(sw, dict):
+            seen[doc.get("scenario", {}).get("name", "?")] = {
+                k: v for k, v in sorted(sw.items()) if k != "env"}
+    if not seen:
+        return None
+    first_name, first = next(iter(seen.items()))
+    for name, sw in seen.items():
+        if sw != first:
+            diff = ", ".join(f"{k} {first.get(k)!r} / {sw.get(k)!r}"
+                             for k in sorted(set(first) | set(sw)) if first.get(k) != sw.get(k))
+            raise SpecError("--from-exec", f"runs {first_name} and {name} ran different "
+                            f"executor switches ({diff})",
+                            "fit overheads from runs of one executor configuration")
+    return first
 
 
 def _fit_stage_step(fit: OverheadFit, docs: list[dict], profile: Profile) -> OverheadFit:
@@ -423,6 +449,8 @@ def apply_overheads(profile: dict, fit: OverheadFit, sources: list[str]) -> dict
             out["overheads"]["eager_tp_layer_s"] = fit.eager.tp_layer_s
         if fit.eager.prefill_tp_steps:
             out["overheads"]["prefill_tp_layer_s"] = fit.eager.prefill_tp_layer_s
+    if fit.executor is not None:
+        out["overheads"]["executor"] = fit.executor
     out["notes"] = [n for n in out.get("notes", []) if not n.startswith("overheads ")]
     out["notes"].append(fit.note(sources))
     return out

@@ -209,6 +209,10 @@ class Overheads(_Strict):
                                 "driver and the stage's own launch, on its critical path")
     cuda_graphs: bool = False
     comm_overlap: float = Field(0.0, ge=0, le=1, description="share of TP collectives hidden")
+    executor: dict[str, str | int] | None = Field(
+        None, description="the executor switches of the runs these overheads were fitted "
+        "from (their results' `switches`, less `env`); `twinfer compare` notes a run that "
+        "differs")
 
     @model_validator(mode="after")
     def _negative_only_with_graphs(self) -> Overheads:

@@ -1,0 +1,48 @@
+"""The executor switches a profile's overheads were fitted to, and `twinfer compare`'s
+note when a run's differ (PDL on in one, off in the other: another executor)."""
+
+from __future__ import annotations
+
+import pytest
+
+from twinfer.calibration.overheads import executor_switches
+from twinfer.compare import executor_notes
+from twinfer.sim.profile import load_profile
+from twinfer.spec import SpecError
+
+PDL_ON = {"env": {"TWINFER_TRACEBACK": "1"}, "pdl": "graphs", "pdl_trigger": "end",
+          "pdl_max_batch": 1 << 30}
+
+
+def _doc(name: str, switches: dict | None) -> dict:
+    doc = {"scenario": {"name": name}}
+    if switches is not None:
+        doc["switches"] = switches
+    return doc
+
+
+def test_runs_of_one_executor_give_their_switches_without_env():
+    docs = [_doc("a", PDL_ON), _doc("b", {**PDL_ON, "env": {}})]
+    assert executor_switches(docs) == {"pdl": "graphs", "pdl_max_batch": 1 << 30,
+                                       "pdl_trigger": "end"}
+    assert executor_switches([_doc("old", None)]) is None  # results from before
+
+
+def test_runs_of_different_executors_are_refused():
+    with pytest.raises(SpecError, match=r"runs a and b ran different executor switches "
+                                        r"\(pdl 'graphs' / 'off'\)"):
+        executor_switches([_doc("a", PDL_ON), _doc("b", {**PDL_ON, "pdl": "off"})])
+
+
+def test_compare_notes_a_run_whose_executor_differs():
+    base = load_profile("h100-sxm")
+    fitted = {"pdl": "graphs", "pdl_trigger": "end", "pdl_max_batch": 1 << 30}
+    profile = base.model_copy(update={"overheads": base.overheads.model_copy(
+        update={"executor": fitted})})
+    assert executor_notes(_doc("same", PDL_ON), profile) == ()
+    assert executor_notes(_doc("old", None), profile) == ()
+    (note,) = executor_notes(_doc("off", {**PDL_ON, "pdl": "off"}), profile)
+    assert "pdl 'off' (run) vs 'graphs' (profile)" in note
+    bare = base.model_copy(update={"overheads": base.overheads.model_copy(
+        update={"executor": None})})
+    assert executor_notes(_doc("off", {**PDL_ON, "pdl": "off"}), bare) == ()
