@@ -446,6 +446,26 @@ campaign5)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
+eagerwarm)
+  # one GPU, fresh machine: the TP=1 overhead run without CUDA graphs (4 requests, 32
+  # layers), twice: does the eager decode warm-up keep kernel compilation out of the
+  # measured steps (the fifth session saw one 0.59 s decode step without it)?
+  {
+    point_yaml docs/calibration/overheads/h100-sxm/llama-3-8b_tp1_b4_c256_L32_eager.json
+    for i in 1 2; do
+      log "eager overhead run $i"
+      timeout -k 5 80 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
+        --no-cuda-graphs --out /tmp/res/eager-$i.json 2>&1 | grep -i "warm-up\|tpot\|error" | head -4
+      python3 -c "
+import json, statistics as st, sys
+d = json.load(open(sys.argv[1]))
+dec = [s['wall_s'] * 1e3 for s in d['steps'] if s['phase'] == 'decode']
+print('decode steps %d, median %.2f ms, max %.2f ms' % (len(dec), st.median(dec), max(dec)))" /tmp/res/eager-$i.json
+    done
+    tar czf "$OUT/results.tgz" -C /tmp res
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+  ;;
 cores1)
   # one GPU: does the host's speed depend on the CPU core the rank runs on? The TP=1
   # b1 c512 point, unpinned and pinned to one core (taskset) per run: each run's
