@@ -454,8 +454,9 @@ eagerwarm)
     point_yaml docs/calibration/overheads/h100-sxm/llama-3-8b_tp1_b4_c256_L32_eager.json
     for i in 1 2; do
       log "eager overhead run $i"
-      timeout -k 5 80 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
-        --no-cuda-graphs --out /tmp/res/eager-$i.json 2>&1 | grep -i "warm-up\|tpot\|error" | head -4
+      TWINFER_DEBUG=1 timeout -k 5 80 python3 -m twinfer.exec /tmp/first.yaml --device cuda \
+        --arrivals batch --no-cuda-graphs --out /tmp/res/eager-$i.json 2>&1 \
+        | grep -i "warm-up\|tpot\|error" | head -4
       python3 -c "
 import json, statistics as st, sys
 d = json.load(open(sys.argv[1]))
