@@ -448,20 +448,26 @@ campaign5)
   ;;
 eagerwarm)
   # one GPU, fresh machine: the TP=1 overhead run without CUDA graphs (4 requests, 32
-  # layers), twice: does the eager decode warm-up keep kernel compilation out of the
-  # measured steps (the fifth session saw one 0.59 s decode step without it)?
+  # layers) twice, then the TP=1 b1 c512 point twice: does the eager decode warm-up keep
+  # kernel compilation out of the measured steps (the fifth session saw one 0.59 s
+  # decode step without it), and is a slow host step CPU work or time off the CPU
+  # (the driver's launch time against its thread's CPU time)?
   {
-    point_yaml docs/calibration/overheads/h100-sxm/llama-3-8b_tp1_b4_c256_L32_eager.json
-    for i in 1 2; do
-      log "eager overhead run $i"
-      TWINFER_DEBUG=1 timeout -k 5 80 python3 -m twinfer.exec /tmp/first.yaml --device cuda \
-        --arrivals batch --no-cuda-graphs --out /tmp/res/eager-$i.json 2>&1 \
+    for i in 1 2 3 4; do
+      src=docs/calibration/overheads/h100-sxm/llama-3-8b_tp1_b4_c256_L32_eager.json
+      extra=--no-cuda-graphs
+      [ $i -gt 2 ] && { src=docs/calibration/results/h100-sxm-x1/tp1_b1_c512.json; extra=""; }
+      point_yaml $src
+      log "run $i: $(basename $src) $extra"
+      TWINFER_DEBUG=1 timeout -k 5 60 python3 -m twinfer.exec /tmp/first.yaml --device cuda \
+        --arrivals batch $extra --out /tmp/res/run-$i.json 2>&1 \
         | grep -i "warm-up\|tpot\|error" | head -4
       python3 -c "
-import json, statistics as st, sys
+import json, sys
 d = json.load(open(sys.argv[1]))
-dec = [s['wall_s'] * 1e3 for s in d['steps'] if s['phase'] == 'decode']
-print('decode steps %d, median %.2f ms, max %.2f ms' % (len(dec), st.median(dec), max(dec)))" /tmp/res/eager-$i.json
+print('step wall / launch / launch CPU (ms):', ' '.join(
+    '%.1f/%.1f/%.1f' % (s['wall_s'] * 1e3, s['host']['launch_s'] * 1e3,
+                        s['host']['launch_cpu_s'] * 1e3) for s in d['steps']))" /tmp/res/run-$i.json
     done
     tar czf "$OUT/results.tgz" -C /tmp res
     log "done"

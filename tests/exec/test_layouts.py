@@ -41,10 +41,12 @@ def test_layout_matches_single_process_reference(name, exec_run, check_reference
         for rank, rec in step["ranks"].items():
             assert rec["compute_s"] >= 0 and rec["comm_s"] >= 0 and rec["wait_s"] >= 0
             assert rec["host_s"] > 0
+            assert 0 <= rec["host_cpu_s"] <= rec["host_s"] + 1e-3  # one thread's CPU time
             if int(rank) in drivers:  # on CPU the host runs the step, inside its wall
                 assert rec["host_s"] <= step["wall_s"]
         host = step["host"]  # the driver's host time, split
-        assert set(host) == {"plan_s", "launch_s", "sample_s", "complete_s"}
+        assert set(host) == {"plan_s", "launch_s", "launch_cpu_s", "sample_s", "complete_s"}
+        assert host["launch_cpu_s"] <= host["launch_s"] + 1e-3
         assert min(host.values()) >= 0 and host["launch_s"] + host["sample_s"] <= step["wall_s"]
         assert ("allocator" in step) == (step["phase"] == "prefill")
     if len(pipes) > 1:

@@ -332,9 +332,9 @@ class Engine:
                 time.sleep(max(0.0, arrival - (time.perf_counter() - t0)))
                 continue
             plan, start, (kv_tokens, kv_pages), plan_s = inflight.popleft()
-            t_step = time.perf_counter()
+            t_step, c_step = time.perf_counter(), time.thread_time()
             logits = self.runner.step(plan)
-            t_sample = time.perf_counter()
+            t_sample, c_sample = time.perf_counter(), time.thread_time()
             tokens = sample(logits, opts.temperature, gen)  # syncs: tokens to the host
             end = time.perf_counter() - t0
             sample_s = end + t0 - t_sample
@@ -352,6 +352,7 @@ class Engine:
                 "start_s": start, "wall_s": end - start,
                 "kv_pages_used": kv_pages, "kv_tokens": kv_tokens,
                 "host": {"plan_s": plan_s, "launch_s": t_sample - t_step,
+                         "launch_cpu_s": c_sample - c_step,
                          "sample_s": sample_s,
                          "complete_s": time.perf_counter() - t0 - end},
             })

@@ -15,6 +15,9 @@ step whose ``host_s`` is close to its ``span_s`` was paced by the host (the GPU 
 for launches); one whose ``host_s`` is far below was paced by the GPU. ``host_begin_s``
 is the begin mark's raw ``perf_counter`` (the host's monotonic clock, the same for
 every rank of one node), so that the ranks' timelines can be laid side by side.
+``host_cpu_s`` is the rank's thread CPU time over the same interval: a ``host_s`` well
+above it is time the thread did not run (descheduled by another process on its core,
+or blocked in a receive), one close to it is the CPU working that long.
 
 On CUDA, intervals are CUDA event pairs on the current stream (the time the GPU spent,
 not the time Python took to enqueue); events come from a pool and are read back lazily,
@@ -42,6 +45,8 @@ class _Pending:
     graphed: bool
     host_start: float = 0.0
     host_s: float = 0.0  # perf_counter from begin to end: the host's enqueue time
+    cpu_start: float = 0.0
+    host_cpu_s: float = 0.0  # this thread's CPU time over the same interval
     span: list = field(default_factory=list)  # [start, end]: events or floats
     comm: list = field(default_factory=list)  # [(start, end), ...]
     wait: list = field(default_factory=list)
@@ -66,7 +71,7 @@ class StepTimer:
         return ev
 
     def begin(self, step: int, graphed: bool = False) -> None:
-        self._open = _Pending(step, graphed, time.perf_counter())
+        self._open = _Pending(step, graphed, time.perf_counter(), cpu_start=time.thread_time())
         self._open.span.append(self._mark())
 
     def end(self) -> None:
@@ -75,6 +80,7 @@ class StepTimer:
             return
         pending.span.append(self._mark())
         pending.host_s = time.perf_counter() - pending.host_start
+        pending.host_cpu_s = time.thread_time() - pending.cpu_start
         self._pending.append(pending)
         if not self.cuda or len(self._pending) > LAG_STEPS:
             self._resolve(1 if self.cuda else len(self._pending))
@@ -124,6 +130,7 @@ class StepTimer:
                 "comm_s": None if p.graphed else comm,
                 "wait_s": wait,
                 "host_s": p.host_s,
+                "host_cpu_s": p.host_cpu_s,
                 "host_begin_s": p.host_start,
             })
 
