@@ -89,3 +89,25 @@ def test_decode_graph_inputs_fill_their_one_region_with_padding():
     assert graphs.slots.tolist() == [7, 8, -1, -1]
     assert graphs.seq_lens.tolist() == [4, 10, 0, 0]
     assert graphs.table.tolist() == [list(range(5)), list(range(5, 10)), [0] * 5, [0] * 5]
+
+
+def test_the_heap_is_settled_and_collections_are_clocked():
+    """Before a serve the heap is collected and frozen (a later full collection walks
+    none of it); the step records' GC fields come from a clock on ``gc.callbacks``."""
+    import gc
+
+    from twinfer.exec.engine import GcClock, settle_heap
+
+    keep = [[i] for i in range(50_000)]  # a heap for the collector to walk
+    settle_heap()
+    assert gc.get_freeze_count() >= len(keep)
+    clock = GcClock()
+    try:
+        gc.collect()
+        gc.collect(0)
+        got = clock.delta()
+        assert got["gc_collections"] == 2 and got["gc_full"] == 1 and got["gc_s"] > 0
+        assert clock.delta() == {"gc_s": 0.0, "gc_collections": 0, "gc_full": 0}
+    finally:
+        clock.close()
+    assert clock._callback not in gc.callbacks

@@ -45,8 +45,11 @@ def test_layout_matches_single_process_reference(name, exec_run, check_reference
             if int(rank) in drivers:  # on CPU the host runs the step, inside its wall
                 assert rec["host_s"] <= step["wall_s"]
         host = step["host"]  # the driver's host time, split
-        assert set(host) == {"plan_s", "launch_s", "launch_cpu_s", "sample_s", "complete_s"}
+        assert set(host) == {"plan_s", "launch_s", "launch_cpu_s", "sample_s", "complete_s",
+                             "gc_s", "gc_collections", "gc_full"}
         assert host["launch_cpu_s"] <= host["launch_s"] + 1e-3
+        assert host["gc_full"] <= host["gc_collections"]
+        assert host["gc_s"] <= step["wall_s"] + host["complete_s"] + host["plan_s"]
         assert min(host.values()) >= 0 and host["launch_s"] + host["sample_s"] <= step["wall_s"]
         assert ("allocator" in step) == (step["phase"] == "prefill")
     if len(pipes) > 1:

@@ -10,6 +10,7 @@ workloads in a row (the benchmark does), with the same weights and cache.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import deque
 from collections.abc import Callable
@@ -131,6 +132,51 @@ class AllocatorCounters:
         return out
 
 
+class GcClock:
+    """Python's garbage collections and the time they took, as deltas between reads
+    (through ``gc.callbacks``). A full (generation 2) collection walks every object the
+    process holds; with torch, Triton and a built model that is hundreds of thousands,
+    tens to hundreds of milliseconds of the one host thread that launches the kernels
+    (docs/VALIDATION.md). Results record it per step (``host.gc_s``)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.collections, self.full = 0.0, 0, 0
+        self._start: float | None = None
+        self._last = (0.0, 0, 0)
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self.collections += 1
+            self.full += info.get("generation") == 2
+            self._start = None
+
+    def delta(self) -> dict[str, float | int]:
+        now = (self.seconds, self.collections, self.full)
+        last, self._last = self._last, now
+        return {"gc_s": now[0] - last[0], "gc_collections": now[1] - last[1],
+                "gc_full": now[2] - last[2]}
+
+    def close(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+
+def settle_heap() -> None:
+    """Collect everything, then move what survives to the permanent generation
+    (``gc.freeze``): the modules, the model, compiled kernels and captured graphs are
+    never walked again, so a measured step cannot pay a full collection over them. Done
+    before every serve; what a serve creates dies young (vLLM freezes after its CUDA
+    graph capture, for the same reason). On an H100 the first measured prefill of a
+    fresh process took 141 ms of the host's CPU time against 12-13 ms in later
+    processes (docs/VALIDATION.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 class Engine:
     def __init__(self, runner: StageRunner, control: ControlPlane | LocalControl,
                  sched: SchedulerSpec, opts: EngineOptions, num_blocks: int) -> None:
@@ -236,6 +282,7 @@ class Engine:
         rank = self.control.rank
         phase(rank, f"serve {len(seqs)} sequences: capture")
         graphed = self._capture(cfg, len(seqs))
+        settle_heap()  # every rank: no full collection inside a measured step
         phase(rank, f"serve: barrier (graphs {graphed})")
         self.control.barrier()
         phase(rank, "serve: steps")
@@ -312,6 +359,15 @@ class Engine:
         report = ServeReport(self.control.rank, [])
         inflight: deque = deque()
         allocator = AllocatorCounters(self.runner.device)
+        collector = GcClock()
+        try:
+            return self._loop(sched, cfg, opts, gen, report, inflight, allocator, collector)
+        finally:
+            collector.close()
+
+    def _loop(self, sched: Scheduler, cfg: BatchingConfig, opts: ServeOptions, gen,
+              report: ServeReport, inflight: deque, allocator: AllocatorCounters,
+              collector: GcClock) -> ServeReport:
         t0 = time.perf_counter()
         while True:
             now = time.perf_counter() - t0 if opts.wall_clock_arrivals else float("inf")
@@ -354,7 +410,8 @@ class Engine:
                 "host": {"plan_s": plan_s, "launch_s": t_sample - t_step,
                          "launch_cpu_s": c_sample - c_step,
                          "sample_s": sample_s,
-                         "complete_s": time.perf_counter() - t0 - end},
+                         "complete_s": time.perf_counter() - t0 - end,
+                         **collector.delta()},
             })
             if plan.phase == "prefill":
                 report.steps[-1]["allocator"] = allocator.delta()
