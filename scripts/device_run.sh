@@ -69,6 +69,37 @@ shipped_profile() {
   cp "twinfer/calibration/profiles/$name.json" $camp/profiles/
 }
 
+# the GPU tests named (pytest paths) into $OUT/tests.log, at most $1 s; the mode stops
+# when they fail
+gpu_tests() {
+  local limit=$1; shift
+  log "gpu tests: $*" | tee -a "$OUT/run.log"
+  timeout -k 5 "$limit" python3 -m pytest -q -m gpu "$@" -p no:cacheprovider -rfE \
+    --tb=short > "$OUT/tests.log" 2>&1
+  local code=$?
+  echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+  [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
+}
+# the TP=1 overhead runs and matrix into $OUT/campaign.tgz, leaving $1 s of the budget
+tp1_campaign() {
+  log "campaign tp1 (overheads + matrix)"
+  timeout -k 5 $(( $(left) - $1 )) python3 -m twinfer.calibration.campaign --out $camp \
+    --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
+    --run-timeout-s 120 --time-budget-s $(( $(left) - $1 - 15 )) 2>&1 | tail -24
+  tar czf "$OUT/campaign.tgz" -C /tmp campaign
+}
+# $1 fresh processes of the TP=1 b1 c512 point (its first prefill is host-paced)
+first_prefills() {
+  point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
+  for i in $(seq 1 "$1"); do
+    [ $(left) -gt 12 ] || break
+    log "first prefill: tp1 b1 c512 run $i"
+    timeout -k 2 $(( $(left) > 44 ? 40 : $(left) - 4 )) python3 -m twinfer.exec /tmp/first.yaml \
+      --device cuda --arrivals batch --out /tmp/res/first-$i.json 2>&1 \
+      | grep -i "ttft\|error\|failed" | head -3
+  done
+}
+
 case "$mode" in
 single)
   log "gpu tests" | tee -a "$OUT/run.log"
@@ -341,12 +372,7 @@ refresh5)
   # same machine), the TP=1 overhead runs and matrix with the default executor, decode
   # attention as swept and in situ, fresh first prefills, a profiled TP=1 b1 c512 run
   shipped_profile
-  log "gpu tests (kernels, exec)" | tee -a "$OUT/run.log"
-  timeout -k 5 200 python3 -m pytest -q -m gpu tests/kernels tests/exec/test_gpu.py \
-    tests/exec/test_host_side.py -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
-  code=$?
-  echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
-  [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
+  gpu_tests 200 tests/kernels tests/exec/test_gpu.py tests/exec/test_host_side.py
   {
     for round in 1 2; do
       for v in off start end exit; do
@@ -357,20 +383,11 @@ refresh5)
           --contexts 512 4096 --out /tmp/res/bench-pdl-$v-$round.json 2>&1 | tail -9
       done
     done
-    log "campaign tp1 (overheads + matrix)"
-    timeout -k 5 $(( $(left) - 90 )) python3 -m twinfer.calibration.campaign --out $camp \
-      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
-      --run-timeout-s 120 --time-budget-s $(( $(left) - 110 )) 2>&1 | tail -24
-    tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    tp1_campaign 90
     log "decode attention: sweep vs in situ"
     timeout -k 5 60 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
       2>&1 | tail -12
-    point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
-    for i in 1 2; do
-      log "first prefill: tp1 b1 c512 run $i"
-      timeout -k 5 40 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
-        --out /tmp/res/first-$i.json 2>&1 | grep -i "ttft\|error\|failed" | head -3
-    done
+    first_prefills 2
     log "profile tp1 b1 c512"
     TWINFER_PROFILE_DIR=/tmp/res/profile timeout -k 5 40 python3 -m twinfer.exec /tmp/first.yaml \
       --device cuda --arrivals batch --out /tmp/res/profile.json 2>&1 | tail -2
@@ -384,12 +401,7 @@ refresh6)
   # alternating), the TP=1 overhead runs and matrix, fresh first prefills, decode
   # attention as swept and in situ
   shipped_profile
-  log "gpu exec tests" | tee -a "$OUT/run.log"
-  timeout -k 5 120 python3 -m pytest -q -m gpu tests/exec/test_gpu.py tests/exec/test_host_side.py \
-    -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
-  code=$?
-  echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
-  [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
+  gpu_tests 120 tests/exec/test_gpu.py tests/exec/test_host_side.py
   {
     for round in 1 2; do
       for pdl in off graphs; do
@@ -399,17 +411,8 @@ refresh6)
           2>&1 | tail -7
       done
     done
-    log "campaign tp1 (overheads + matrix)"
-    timeout -k 5 $(( $(left) - 50 )) python3 -m twinfer.calibration.campaign --out $camp \
-      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
-      --run-timeout-s 120 --time-budget-s $(( $(left) - 70 )) 2>&1 | tail -24
-    tar czf "$OUT/campaign.tgz" -C /tmp campaign
-    point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
-    for i in 1 2; do
-      log "first prefill: tp1 b1 c512 run $i"
-      timeout -k 5 30 python3 -m twinfer.exec /tmp/first.yaml --device cuda --arrivals batch \
-        --out /tmp/res/first-$i.json 2>&1 | grep -i "ttft\|error\|failed" | head -3
-    done
+    tp1_campaign 50
+    first_prefills 2
     if [ $(left) -gt 25 ]; then
       log "decode attention: sweep vs in situ"
       timeout -k 5 $(( $(left) - 8 )) python3 scripts/decode_in_situ.py \
@@ -423,25 +426,10 @@ campaign5)
   # one GPU, the slim refresh: the executor's GPU tests, then the TP=1 overhead runs and
   # matrix with the default executor, and two fresh first prefills
   shipped_profile
-  log "gpu exec tests" | tee -a "$OUT/run.log"
-  timeout -k 5 120 python3 -m pytest -q -m gpu tests/exec/test_gpu.py tests/exec/test_host_side.py \
-    -p no:cacheprovider -rfE --tb=short > "$OUT/tests.log" 2>&1
-  code=$?
-  echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
-  [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
+  gpu_tests 120 tests/exec/test_gpu.py tests/exec/test_host_side.py
   {
-    log "campaign tp1 (overheads + matrix)"
-    timeout -k 5 $(( $(left) - 30 )) python3 -m twinfer.calibration.campaign --out $camp \
-      --layouts tp1 --contexts 512,4096,32768 --batches 1,16,64 --stages overheads,matrix \
-      --run-timeout-s 120 --time-budget-s $(( $(left) - 45 )) 2>&1 | tail -24
-    tar czf "$OUT/campaign.tgz" -C /tmp campaign
-    point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
-    for i in 1 2; do
-      [ $(left) -gt 12 ] || break
-      log "first prefill: tp1 b1 c512 run $i"
-      timeout -k 2 $(( $(left) - 4 )) python3 -m twinfer.exec /tmp/first.yaml --device cuda \
-        --arrivals batch --out /tmp/res/first-$i.json 2>&1 | grep -i "ttft\|error\|failed" | head -3
-    done
+    tp1_campaign 30
+    first_prefills 2
     tar czf "$OUT/results.tgz" -C /tmp res
     log "done"
   } >> "$OUT/run.log" 2>&1

@@ -48,10 +48,10 @@ def test_kernels_import_no_distributed_or_scenario_code():
                 assert not name.startswith(banned), f"{path.name} imports {name}"
 
 
-def test_launch_fast_path_passes_every_parameter_in_order(monkeypatch):
-    # After the first (regular) launch, `launch` calls the compiled kernel directly with
-    # the runtime arguments followed by the constexprs in signature order.
-    calls = []
+def _fake_kernel(calls: list, arg_names: list[str]):
+    """A JIT-function stand-in whose launches append ("jit", grid, args, kwargs) to
+    ``calls`` and return a compiled stand-in whose runner appends ("fast", grid,
+    params)."""
 
     class Compiled:
         packed_metadata = object()
@@ -60,13 +60,23 @@ def test_launch_fast_path_passes_every_parameter_in_order(monkeypatch):
             return lambda *params: calls.append(("fast", grid, params))
 
     class Kernel:
-        arg_names = ["x_ptr", "n", "BLOCK", "FLAG"]
+        def __init__(self, names=arg_names):
+            self.arg_names = names
 
         def __getitem__(self, grid):
             def run(*args, **kwargs):
                 calls.append(("jit", grid, args, kwargs))
                 return Compiled()
             return run
+
+    return Kernel
+
+
+def test_launch_fast_path_passes_every_parameter_in_order(monkeypatch):
+    # After the first (regular) launch, `launch` calls the compiled kernel directly with
+    # the runtime arguments followed by the constexprs in signature order.
+    calls = []
+    Kernel = _fake_kernel(calls, ["x_ptr", "n", "BLOCK", "FLAG"])
 
     monkeypatch.setattr(backend, "interpreting", lambda: False)
     monkeypatch.setattr(backend, "launchable", lambda kernel: kernel)
@@ -131,26 +141,11 @@ def test_decode_launch_key_separates_dtypes():
 
 
 def test_pdl_kernels_launch_with_it_only_inside_the_scope(monkeypatch):
-    # TWINFER_PDL=graphs: a kernel declaring PDL gets PDL=False outside `pdl_scope` and
-    # PDL=True plus Triton's launch_pdl option inside it, each a compiled kernel of its
-    # own; "off" never sets it; kernels without the parameter never see it.
+    # TWINFER_PDL=graphs: a kernel declaring PDL gets PDL=0 outside `pdl_scope` and the
+    # trigger's value plus Triton's launch_pdl option inside it, each a compiled kernel
+    # of its own; "off" never sets it; kernels without the parameter never see it.
     calls = []
-
-    class Compiled:
-        packed_metadata = object()
-
-        def __getitem__(self, grid):
-            return lambda *params: calls.append(("fast", params))
-
-    class Kernel:
-        def __init__(self, names):
-            self.arg_names = names
-
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                calls.append(("jit", args, kwargs))
-                return Compiled()
-            return run
+    Kernel = _fake_kernel(calls, [])
 
     monkeypatch.setattr(backend, "interpreting", lambda: False)
     monkeypatch.setattr(backend, "launchable", lambda kernel: kernel)
@@ -169,11 +164,11 @@ def test_pdl_kernels_launch_with_it_only_inside_the_scope(monkeypatch):
     assert not backend.pdl_active()
     backend.launch(pdl_kernel, (1,), ("x",), constexprs, key="k")  # compiled: fast
     assert calls == [
-        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": 0}),
-        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": 1, "launch_pdl": True}),
-        ("fast", ("x", 64, 1)),
-        ("jit", ("x",), {"BLOCK": 64, "num_warps": 4}),
-        ("fast", ("x", 64, 0)),
+        ("jit", (1,), ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": 0}),
+        ("jit", (1,), ("x",), {"BLOCK": 64, "num_warps": 4, "PDL": 1, "launch_pdl": True}),
+        ("fast", (1, 1, 1), ("x", 64, 1)),
+        ("jit", (1,), ("x",), {"BLOCK": 64, "num_warps": 4}),
+        ("fast", (1, 1, 1), ("x", 64, 0)),
     ]
     monkeypatch.setattr(backend, "PDL_MAX_BATCH", 8)
     with backend.pdl_scope(16):  # a graph over the batch limit: no PDL
