@@ -137,6 +137,11 @@ def test_steps_grouped_by_composition_carry_the_replay(capsys):
         assert g.predicted_s == pytest.approx(sum(r.predicted_s for r in mine) / len(mine))
         assert g.error == pytest.approx(0.0, abs=1e-9)  # periods are the twin's times
         assert math.isnan(g.device_s)  # these steps record no rank spans
+        assert math.isnan(g.gc_s)  # nor garbage collections
+    for i, step in enumerate(doc["steps"]):  # results that record the driver's GC time
+        step["host"] = {**step.get("host", {}), "gc_s": 0.001 * (i % 2)}
+    groups = step_groups(doc)
+    assert sum(g.gc_s for g in groups) == pytest.approx(0.001 * (len(doc["steps"]) // 2))
 
 
 def test_cli_compare_steps_table(tmp_path, capsys):
@@ -144,4 +149,4 @@ def test_cli_compare_steps_table(tmp_path, capsys):
     res.write_text(json.dumps(_results_as_predicted()))
     assert _cli(["compare", str(res), "--steps"]) == 0
     out = capsys.readouterr().out
-    assert "steps by composition" in out and "GPU span" in out
+    assert "steps by composition" in out and "GPU span" in out and "GC (all)" in out

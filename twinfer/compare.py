@@ -193,6 +193,7 @@ class StepGroup:
     kernels_s: float  # the same without the profile's fixed overheads
     host_s: float = math.nan  # mean time the driver's host took to enqueue its stage
     # (nan in results from before it was recorded)
+    gc_s: float = math.nan  # the driver's garbage collections over these steps, in total
 
     @property
     def error(self) -> float:
@@ -209,29 +210,32 @@ def step_groups(doc: dict, profile: Profile | None = None) -> list[StepGroup]:
     for step, rep in zip(doc["steps"], replay(doc, profile), strict=True):
         spans = [r.get("span_s") for r in step.get("ranks", {}).values()]
         device = max((x for x in spans if isinstance(x, (int, float))), default=math.nan)
-        groups.setdefault((rep.phase, rep.batch, rep.tokens), []).append((rep, device))
+        gc_s = (step.get("host") or {}).get("gc_s", math.nan)
+        groups.setdefault((rep.phase, rep.batch, rep.tokens), []).append((rep, device, gc_s))
     out = []
     for (phase, batch, tokens), rows in groups.items():
-        reps = [r for r, _ in rows]
+        reps = [r for r, _, _ in rows]
         out.append(StepGroup(
             phase, batch, tokens, len(rows),
             float(np.mean([r.measured_s for r in reps])),
-            float(np.mean([d for _, d in rows])),
+            float(np.mean([d for _, d, _ in rows])),
             float(np.mean([r.predicted_s for r in reps])),
             float(np.mean([r.kernels_s for r in reps])),
             float(np.mean([r.host_s for r in reps])) if all(
-                r.host_s is not None for r in reps) else math.nan))
+                r.host_s is not None for r in reps) else math.nan,
+            float(sum(g for _, _, g in rows))))
     return out
 
 
 def steps_table(groups: list[StepGroup], title: str):
-    """A rich table of `step_groups`: per composition, measured (and on the GPU),
-    predicted (and kernels alone), error."""
+    """A rich table of `step_groups`: per composition, measured (and on the GPU, and the
+    host's enqueue time, and the garbage collections of all its steps), predicted (and
+    kernels alone), error."""
     from rich.table import Table
 
     table = Table(title=title)
     for col in ("phase", "batch", "tokens", "steps", "measured", "GPU span", "host",
-                "predicted", "kernels", "error"):
+                "GC (all)", "predicted", "kernels", "error"):
         table.add_column(col, justify="left" if col == "phase" else "right")
 
     def ms(x: float) -> str:
@@ -239,7 +243,8 @@ def steps_table(groups: list[StepGroup], title: str):
 
     for g in groups:
         table.add_row(g.phase, str(g.batch), str(g.tokens), str(g.steps), ms(g.measured_s),
-                      ms(g.device_s), ms(g.host_s), ms(g.predicted_s), ms(g.kernels_s),
+                      ms(g.device_s), ms(g.host_s), ms(g.gc_s), ms(g.predicted_s),
+                      ms(g.kernels_s),
                       f"{g.error:+.1%}" if math.isfinite(g.error) else "-")
     return table
 
