@@ -63,3 +63,42 @@ def test_a_spike_next_to_a_fast_growing_neighbour_is_caught():
     # a convex (power-law) curve is left alone
     quad = [(x, 1e-3 * x * x + 1.0) for x in (1, 2, 4, 8, 16, 32)]
     assert LogLogSeries(quad).spikes == 0
+
+
+def test_a_grid_point_slower_than_more_work_is_a_glitch():
+    # the shipped H100 decode-attention grid, 16 query / 4 KV heads (us): batch 1 took
+    # 205 us at 256 tokens and 242.5 / 168.4 us at 16K / 32K, more than batch 4 at the
+    # same contexts; the row's own despiking misses the pair at its end
+    contexts = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+    rows = {1: [205.0, 16.8, 19.7, 21.2, 21.5, 26.2, 242.5, 168.4],
+            4: [11.3, 16.6, 20.1, 22.7, 26.5, 38.3, 58.5, 103.3],
+            16: [12.5, 18.8, 25.9, 35.7, 57.4, 101.9, 191.4, 366.6]}
+    g = LogLogGrid({(b, c): t * 1e-6 for b, row in rows.items()
+                    for c, t in zip(contexts, row, strict=True)})
+    assert g.spikes == 3
+    at = {c: g.at(1, c)[0] * 1e6 for c in contexts}
+    assert at[256] == pytest.approx(11.3)  # refilled, bounded by batch 4's time
+    slope = math.log(26.2 / 21.5) / math.log(2)  # the row's last good segment
+    assert at[16384] == pytest.approx(26.2 * 2 ** slope)
+    assert at[32768] == pytest.approx(26.2 * 4 ** slope)  # ~39 us, not 168
+    assert g.at(4, 32768)[0] * 1e6 == pytest.approx(103.3)  # batch 4 keeps its own
+    # good points are untouched, and the grid stays monotone in both directions
+    assert at[4096] == pytest.approx(21.5)
+    for b in rows:
+        ts = [g.at(b, c)[0] for c in contexts]
+        assert ts == sorted(ts)
+    for c in contexts:
+        assert g.at(1, c)[0] <= g.at(4, c)[0] <= g.at(16, c)[0]
+
+
+def test_refill_past_the_last_good_point_grows_at_most_linearly():
+    from twinfer.sim.interp import refill
+
+    xs = [1.0, 2.0, 4.0, 8.0]
+    # the last good segment grows 3x per doubling: the fill is capped at linear growth
+    assert refill([1.0, 3.0, 50.0, 60.0], [False, False, True, True], xs) == \
+        pytest.approx([1.0, 3.0, 6.0, 12.0])
+    # one good point: linear from it; none left of a glitch: the first good value
+    assert refill([2.0, 9.0, 9.0], [False, True, True], xs[:3]) == pytest.approx([2.0, 4.0, 8.0])
+    assert refill([9.0, 2.0, 3.0], [True, False, False], xs[:3]) == pytest.approx([2.0, 2.0, 3.0])
+    assert refill([9.0, 2.0], [True, False], xs[:2], [1.5, 5.0]) == pytest.approx([1.5, 2.0])
