@@ -106,17 +106,39 @@ def decode_group(bench: Bench, heads: HeadShape) -> list[dict]:
     # contexts whose largest batch does not fit rather than leave holes.
     top = max(bench.plan.decode_batches)
     contexts = [c for c in bench.plan.decode_contexts if bench.fits(1.2 * kv_bytes_of(top, c))]
-    samples = []
-    for batch in bench.plan.decode_batches:
-        for context in contexts:
-            kv_bytes = kv_bytes_of(batch, context)
-            inputs = bench.copies(lambda b=batch, c=context: _decode_inputs(bench, heads, b, c),
-                                  kv_bytes)
-            t = bench.time(inputs, paged_flash_decode)
-            samples.append({"batch": batch, "context": context, "q_heads": heads.q_heads,
-                            "kv_heads": heads.kv_heads, "head_dim": heads.head_dim,
-                            "time_s": t})
-            del inputs
+    def timed(batch: int, context: int) -> float:
+        inputs = bench.copies(lambda b=batch, c=context: _decode_inputs(bench, heads, b, c),
+                              kv_bytes_of(batch, context))
+        return bench.time(inputs, paged_flash_decode)
+
+    batches = bench.plan.decode_batches
+    samples = [{"batch": batch, "context": context, "q_heads": heads.q_heads,
+                "kv_heads": heads.kv_heads, "head_dim": heads.head_dim,
+                "time_s": timed(batch, context)}
+               for batch in batches for context in contexts]
+    return retime_glitches(samples, batches, contexts, timed)
+
+
+def retime_glitches(samples: list[dict], batches: list[int], contexts: list[int],
+                    timed: Callable[[int, int], float]) -> list[dict]:
+    """Time once more every decode sample that took longer than a larger batch at the
+    same context (`twinfer.sim.interp.dominated`: less work in more time is a glitch,
+    e.g. a clock change or another process mid-measurement), keeping the faster of the
+    two timings; the first is kept as ``first_time_s``. The twin refills what is still
+    a glitch after this from the sample's row."""
+    from twinfer.sim.interp import dominated
+
+    if len(samples) != len(batches) * len(contexts):
+        return samples
+    at = {(s["batch"], s["context"]): s for s in samples}
+    flags = dominated([[at[(b, c)]["time_s"] for c in contexts] for b in batches])
+    for i, batch in enumerate(batches):
+        for j, context in enumerate(contexts):
+            if flags[i][j]:
+                sample = at[(batch, context)]
+                again = timed(batch, context)
+                sample["first_time_s"] = sample["time_s"]
+                sample["time_s"] = min(sample["time_s"], again)
     return samples
 
 

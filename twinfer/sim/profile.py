@@ -105,6 +105,9 @@ class DecodeAttentionSample(_Strict):
     kv_heads: int = Field(ge=1)
     head_dim: int = Field(ge=1)
     time_s: float = Field(gt=0)
+    first_time_s: float | None = Field(None, gt=0, description="the first timing of a "
+                                       "sample re-timed because it was slower than a "
+                                       "larger batch at the same context")
 
 
 class PrefillAttentionSample(_Strict):
