@@ -102,3 +102,16 @@ def test_refill_past_the_last_good_point_grows_at_most_linearly():
     assert refill([2.0, 9.0, 9.0], [False, True, True], xs[:3]) == pytest.approx([2.0, 4.0, 8.0])
     assert refill([9.0, 2.0, 3.0], [True, False, False], xs[:3]) == pytest.approx([2.0, 2.0, 3.0])
     assert refill([9.0, 2.0], [True, False], xs[:2], [1.5, 5.0]) == pytest.approx([1.5, 2.0])
+
+
+def test_a_run_of_glitches_slower_than_more_work_is_refilled():
+    # the shipped H100 GEMM 2048 -> 4096 (us by m): m = 8, 16, 32 took 228, 152, 103 us
+    # between 11.4 at m = 4 and 11.6 at m = 64; despiking sees no isolated spike there
+    # and an isotonic fit alone would pool them into every larger m
+    ms = [1, 2, 4, 8, 16, 32, 64, 128]
+    ts = [11.3, 11.3, 11.4, 228.4, 152.4, 103.4, 11.6, 12.2]
+    s = LogLogSeries(list(zip(ms, [t * 1e-6 for t in ts], strict=True)))
+    assert s.spikes == 3
+    for m, want in ((8, 11.4 * (11.6 / 11.4) ** 0.25), (32, 11.4 * (11.6 / 11.4) ** 0.75),
+                    (64, 11.6), (128, 12.2)):
+        assert s.at(m)[0] * 1e6 == pytest.approx(want)

@@ -6,6 +6,11 @@ too slow (a clock change, another process on the host). The cost model must neve
 predict that more work is faster (the engine's invariants and layout search rely on
 it), and one glitch must not inflate a whole curve. So each curve is cleaned first:
 
+0. a point more than ``DOMINANCE`` times slower than a later point (more work) is a
+   **glitch** whatever its neighbours look like (runs of them, or one at a row's end,
+   escape the spike test); it is refilled on the log-log line through its nearest good
+   neighbours (`dominated`, `refill`). A grid (decode attention over batch and
+   context) applies the rule along both axes;
 1. a **spike** (a point more than ``SPIKE`` times slower than the log-log line
    through its two neighbours, or the smallest point more than that slower than the
    next) is replaced by that line's value (the geometric mean of its neighbours where
@@ -74,9 +79,11 @@ def isotonic_log(ts: list[float]) -> list[float]:
 
 
 def monotone_curve(ts: list[float], xs: list[float] | None = None) -> tuple[list[float], int]:
-    """Despiked, then isotonic: (non-decreasing times, spikes replaced)."""
-    clean, spikes = despike(ts, xs)
-    return isotonic_log(clean), spikes
+    """Points slower than a later one refilled (`dominated`), despiked, then isotonic:
+    (non-decreasing times, points replaced)."""
+    flags = dominated([ts])[0]
+    clean, spikes = despike(refill(ts, flags, xs, upper_bounds([ts])[0]), xs)
+    return isotonic_log(clean), spikes + sum(flags)
 
 
 def _monotone(points: Iterable[tuple[float, float]]) -> tuple[list[float], list[float], int]:
@@ -137,23 +144,28 @@ MAX_SLOPE = 1.0  # along a grid row, time grows at most linearly (decode over co
 
 def upper_bounds(grid: list[list[float]]) -> list[list[float]]:
     """Per point of a grid whose rows are ever more work (decode attention: batch
-    sizes), the fastest point of the same column in a later row (inf in the last): a
-    point cannot rightly take longer than that."""
+    sizes; a single row of a series: its points), the fastest point of the same column
+    in a later row (inf in the last): a point cannot rightly take longer than that."""
+    if len(grid) == 1:  # a series: the later points of the row itself
+        row = grid[0]
+        return [[min(row[i + 1:], default=math.inf) for i in range(len(row))]]
     rows, cols = len(grid), len(grid[0]) if grid else 0
     return [[min((grid[k][j] for k in range(i + 1, rows)), default=math.inf)
              for j in range(cols)] for i in range(rows)]
 
 
 def dominated(grid: list[list[float]]) -> list[list[bool]]:
-    """Glitches of such a grid: a point more than ``DOMINANCE`` times slower than its
-    upper bound did less work in more time. The row-wise despiking cannot see them when
-    they sit at a row's end or come in pairs (H100, 16 query / 4 KV heads, batch 1:
-    242.5 us at 16K and 168.4 us at 32K tokens, where batch 4 took 58.5 and 103.3)."""
+    """Glitches: a point more than ``DOMINANCE`` times slower than its upper bound
+    (`upper_bounds`) did less work in more time. Isolated-spike despiking cannot see
+    them when they sit at a row's end or come in runs (H100 decode, 16 query / 4 KV
+    heads, batch 1: 242.5 us at 16K and 168.4 us at 32K tokens, where batch 4 took
+    58.5 and 103.3; H100 GEMM 2048 -> 4096 at m = 8, 16, 32: 228, 152, 103 us, where
+    m = 4 and m = 64 took 11.4 and 11.6)."""
     return [[t > DOMINANCE * u for t, u in zip(row, bound, strict=True)]
             for row, bound in zip(grid, upper_bounds(grid), strict=True)]
 
 
-def refill(ts: list[float], glitch: list[bool], xs: list[float],
+def refill(ts: list[float], glitch: list[bool], xs: list[float] | None,
            bound: list[float] | None = None) -> list[float]:
     """``ts`` with the flagged points replaced from the row's others: the log-log line
     through the nearest good neighbours; past the last good point, its line from the
@@ -162,7 +174,9 @@ def refill(ts: list[float], glitch: list[bool], xs: list[float],
     good = [i for i, g in enumerate(glitch) if not g]
     if not good or len(good) == len(ts):
         return list(ts)
-    lx, out = [math.log(x) for x in xs], list(ts)
+    # xs None: evenly spaced in log x, as `despike` takes it
+    lx = [math.log(x) for x in xs] if xs is not None else [float(i) for i in range(len(ts))]
+    out = list(ts)
     for i in (i for i, g in enumerate(glitch) if g):
         left = [k for k in good if k < i]
         right = [k for k in good if k > i]
