@@ -111,3 +111,20 @@ def test_the_eager_decode_warm_up_covers_the_largest_decode_batch():
     assert warmup_decode_batch(64, sched, 1) == 48  # the running cap
     assert warmup_decode_batch(32, sched, 2) == 16  # PP: one micro-batch group's share
     assert warmup_decode_batch(0, sched, 1) == 1
+
+
+def test_a_bad_kernel_switch_is_refused_before_any_rank_starts():
+    """The kernels read TWINFER_LAUNCH / TWINFER_PDL* when imported; the launcher checks
+    them first, so a bad value is one SpecError (exit 2), not an MPI abort per rank."""
+    import subprocess
+
+    from twinfer.exec.launch import check_switches
+
+    check_switches()  # this process's settings are valid
+    proc = subprocess.run([sys.executable, "-c", "from twinfer.exec.launch import "
+                           "check_switches; check_switches()"],
+                          env={**os.environ, "TWINFER_PDL_TRIGGER": "late"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert ("SpecError: TWINFER_PDL_TRIGGER: 'late' is not valid — use one of start, end, "
+            "exit") in proc.stderr

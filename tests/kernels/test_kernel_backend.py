@@ -186,11 +186,13 @@ def test_pdl_kernels_launch_with_it_only_inside_the_scope(monkeypatch):
 
 def test_unknown_pdl_settings_are_clear_errors():
     for name, value, message in [
-            ("TWINFER_PDL", "maybe", "TWINFER_PDL='maybe' is not valid: use one of graphs, "
+            ("TWINFER_PDL", "maybe", "TWINFER_PDL='maybe' is not valid — use one of graphs, "
                                      "on, off"),
             ("TWINFER_PDL_TRIGGER", "late", "use one of start, end, exit"),
-            ("TWINFER_PDL_MAX_BATCH", "0", "TWINFER_PDL_MAX_BATCH='0' is not valid: give a "
-                                           "batch size >= 1")]:
+            ("TWINFER_PDL_MAX_BATCH", "0", "TWINFER_PDL_MAX_BATCH='0' is not valid — give a "
+                                           "batch size >= 1"),
+            ("TWINFER_LAUNCH", "fast", "TWINFER_LAUNCH='fast' is not valid — use one of "
+                                       "direct, runner, triton")]:
         proc = subprocess.run([sys.executable, "-c", "import twinfer.kernels.backend"],
                               env={**os.environ, name: value}, capture_output=True, text=True,
                               timeout=120)

@@ -164,6 +164,12 @@ class GcClock:
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
 
+    def __enter__(self) -> GcClock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def settle_heap() -> None:
     """Collect everything, then move what survives to the permanent generation
@@ -359,62 +365,54 @@ class Engine:
         report = ServeReport(self.control.rank, [])
         inflight: deque = deque()
         allocator = AllocatorCounters(self.runner.device)
-        collector = GcClock()
-        try:
-            return self._loop(sched, cfg, opts, gen, report, inflight, allocator, collector)
-        finally:
-            collector.close()
-
-    def _loop(self, sched: Scheduler, cfg: BatchingConfig, opts: ServeOptions, gen,
-              report: ServeReport, inflight: deque, allocator: AllocatorCounters,
-              collector: GcClock) -> ServeReport:
-        t0 = time.perf_counter()
-        while True:
-            now = time.perf_counter() - t0 if opts.wall_clock_arrivals else float("inf")
-            while len(inflight) < cfg.micro_batches:
-                t_plan = time.perf_counter()
-                plan = sched.next_plan(now)
-                if plan is None:
-                    break
-                self.control.send_plan(plan)
-                t_sent = time.perf_counter()
-                inflight.append((plan, t_sent - t0, sched.kv_usage(), t_sent - t_plan))
-            if not inflight:
-                if sched.done:
-                    break
-                arrival = sched.next_arrival_s()
-                if arrival is None:
-                    raise RuntimeError("scheduler stalled: requests wait but none can start")
-                time.sleep(max(0.0, arrival - (time.perf_counter() - t0)))
-                continue
-            plan, start, (kv_tokens, kv_pages), plan_s = inflight.popleft()
-            t_step, c_step = time.perf_counter(), time.thread_time()
-            logits = self.runner.step(plan)
-            t_sample, c_sample = time.perf_counter(), time.thread_time()
-            tokens = sample(logits, opts.temperature, gen)  # syncs: tokens to the host
-            end = time.perf_counter() - t0
-            sample_s = end + t0 - t_sample
-            if opts.keep_logits:
-                for rid, row in zip(plan.rids, logits.cpu().numpy(), strict=True):
-                    report.logits.setdefault(rid, []).append(row)
-            sched.complete(plan, tokens, end)
-            if opts.on_token is not None:
-                for rid, tok in zip(plan.rids, tokens, strict=True):
-                    opts.on_token(rid, tok)
-            report.steps.append({
-                "step": plan.step, "pipeline": self.runner.groups.pipeline_index,
-                "micro_batch": plan.group, "phase": plan.phase, "batch": plan.batch,
-                "tokens": plan.num_tokens, "context_tokens": plan.context_tokens,
-                "start_s": start, "wall_s": end - start,
-                "kv_pages_used": kv_pages, "kv_tokens": kv_tokens,
-                "host": {"plan_s": plan_s, "launch_s": t_sample - t_step,
-                         "launch_cpu_s": c_sample - c_step,
-                         "sample_s": sample_s,
-                         "complete_s": time.perf_counter() - t0 - end,
-                         **collector.delta()},
-            })
-            if plan.phase == "prefill":
-                report.steps[-1]["allocator"] = allocator.delta()
+        with GcClock() as collector:
+            t0 = time.perf_counter()
+            while True:
+                now = time.perf_counter() - t0 if opts.wall_clock_arrivals else float("inf")
+                while len(inflight) < cfg.micro_batches:
+                    t_plan = time.perf_counter()
+                    plan = sched.next_plan(now)
+                    if plan is None:
+                        break
+                    self.control.send_plan(plan)
+                    t_sent = time.perf_counter()
+                    inflight.append((plan, t_sent - t0, sched.kv_usage(), t_sent - t_plan))
+                if not inflight:
+                    if sched.done:
+                        break
+                    arrival = sched.next_arrival_s()
+                    if arrival is None:
+                        raise RuntimeError("scheduler stalled: requests wait but none can start")
+                    time.sleep(max(0.0, arrival - (time.perf_counter() - t0)))
+                    continue
+                plan, start, (kv_tokens, kv_pages), plan_s = inflight.popleft()
+                t_step, c_step = time.perf_counter(), time.thread_time()
+                logits = self.runner.step(plan)
+                t_sample, c_sample = time.perf_counter(), time.thread_time()
+                tokens = sample(logits, opts.temperature, gen)  # syncs: tokens to the host
+                end = time.perf_counter() - t0
+                sample_s = end + t0 - t_sample
+                if opts.keep_logits:
+                    for rid, row in zip(plan.rids, logits.cpu().numpy(), strict=True):
+                        report.logits.setdefault(rid, []).append(row)
+                sched.complete(plan, tokens, end)
+                if opts.on_token is not None:
+                    for rid, tok in zip(plan.rids, tokens, strict=True):
+                        opts.on_token(rid, tok)
+                report.steps.append({
+                    "step": plan.step, "pipeline": self.runner.groups.pipeline_index,
+                    "micro_batch": plan.group, "phase": plan.phase, "batch": plan.batch,
+                    "tokens": plan.num_tokens, "context_tokens": plan.context_tokens,
+                    "start_s": start, "wall_s": end - start,
+                    "kv_pages_used": kv_pages, "kv_tokens": kv_tokens,
+                    "host": {"plan_s": plan_s, "launch_s": t_sample - t_step,
+                             "launch_cpu_s": c_sample - c_step,
+                             "sample_s": sample_s,
+                             "complete_s": time.perf_counter() - t0 - end,
+                             **collector.delta()},
+                })
+                if plan.phase == "prefill":
+                    report.steps[-1]["allocator"] = allocator.delta()
         self.control.send_plan(None)
         self.control.flush()
         report.kv_peak_pages = sched.alloc.peak_used

@@ -173,8 +173,23 @@ def mpiexec_command(mpiexec: str, np: int, argv: list[str], env: dict[str, str],
     return cmd + ["-n", str(np), sys.executable, "-m", module, *argv]
 
 
+def check_switches() -> None:
+    """The kernels' environment switches (``TWINFER_LAUNCH``, ``TWINFER_PDL*``), read
+    when their module is imported: checked here, before any rank starts, so that a bad
+    value is one clear error rather than every rank aborting the MPI job."""
+    try:
+        import twinfer.kernels.backend  # noqa: F401
+    except ImportError:  # no torch/triton here: the ranks will say so
+        return
+    except ValueError as exc:
+        if len(exc.args) == 3:
+            raise SpecError(*exc.args) from None
+        raise
+
+
 def launch(args: ExecArgs) -> int:
     """Validate, then run ``mpiexec`` over the ranks; returns its exit code."""
+    check_switches()
     scenario = load_scenario(args.scenario)
     need = ranks_needed(scenario.placement())
     if args.np is not None and args.np != need:

@@ -89,10 +89,36 @@ def launchable(kernel):
 # integers themselves is simplest). ``TWINFER_LAUNCH=triton`` always takes Triton's
 # path; ``TWINFER_LAUNCH=runner`` calls the compiled kernel's own runner (hooks and all).
 LAUNCH_PATHS = ("direct", "runner", "triton")
-_LAUNCH = os.environ.get("TWINFER_LAUNCH", "direct").strip().lower() or "direct"
-if _LAUNCH not in LAUNCH_PATHS:
-    raise ValueError(f"TWINFER_LAUNCH={_LAUNCH!r} is not a launch path: use one of "
-                     f"{', '.join(LAUNCH_PATHS)}")
+
+
+class SwitchError(ValueError):
+    """An environment switch of the kernels with a value it does not take: ``args`` are
+    (variable, problem, fix), as the launcher reports it before any rank starts."""
+
+    def __str__(self) -> str:
+        name, problem, fix = self.args
+        return f"{name}={problem} — {fix}"
+
+
+def _env_choice(name: str, default: str, choices) -> str:
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise SwitchError(name, f"{value!r} is not valid", f"use one of {', '.join(choices)}")
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    try:
+        value = int(text) if text else default
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise SwitchError(name, f"{text!r} is not valid", "give a batch size >= 1")
+    return value
+
+
+_LAUNCH = _env_choice("TWINFER_LAUNCH", "direct", LAUNCH_PATHS)
 FAST_LAUNCH = _LAUNCH != "triton"
 DIRECT_LAUNCH = _LAUNCH == "direct"
 _compiled: dict = {}
@@ -136,24 +162,6 @@ def _direct(compiled, tail: tuple):
 # them after a PDL kernel waits for its completion as for any kernel.
 PDL_MODES = ("graphs", "on", "off")
 PDL_TRIGGERS = {"start": 1, "end": 2, "exit": 3}  # the PDL constexpr's values (0: off)
-
-
-def _env_choice(name: str, default: str, choices) -> str:
-    value = os.environ.get(name, default).strip().lower() or default
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid: use one of {', '.join(choices)}")
-    return value
-
-
-def _env_int(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    try:
-        value = int(text) if text else default
-    except ValueError:
-        value = -1
-    if value < 1:
-        raise ValueError(f"{name}={text!r} is not valid: give a batch size >= 1")
-    return value
 
 
 PDL_MODE = _env_choice("TWINFER_PDL", "graphs", PDL_MODES)
