@@ -92,6 +92,7 @@ def test_cli_compare_json_plot_and_table(tmp_path, capsys):
     assert _cli(["compare", "--table", str(tmp_path / "runs")]) == 0
     table = capsys.readouterr().out
     assert "| TPOT mean | 1 | 0.0% | 0.0% |" in table
+    assert "| 0.0% / 0.0% | 0.0% / 0.0% | all four |" in table  # the targets, per device
     assert table == validation_table([tmp_path / "runs"]) + "\n"
 
 
@@ -150,3 +151,23 @@ def test_cli_compare_steps_table(tmp_path, capsys):
     assert _cli(["compare", str(res), "--steps"]) == 0
     out = capsys.readouterr().out
     assert "steps by composition" in out and "GPU span" in out and "GC (all)" in out
+
+
+def test_targets_table_says_which_targets_each_device_meets():
+    from twinfer.compare import targets_table
+
+    def run(device: str, ttft_err: float, tpot_err: float) -> Comparison:
+        measured = dict.fromkeys(METRICS, 1.0)
+        predicted = {**measured, "ttft_mean_s": 1.0 + ttft_err, "tpot_mean_s": 1.0 + tpot_err}
+        return Comparison("r.json", "s", "m", "TP=1", device, 1, 512, 32, "p", measured,
+                          predicted)
+
+    rows = [run("A x1", 0.01, 0.02), run("A x1", -0.04, 0.05),
+            run("B x2", 0.30, -0.02)]
+    lines = targets_table(rows)
+    assert lines[2] == ("| A x1 | 2 | 2.5% / 4.0% | 3.5% / 5.0% | TTFT median, TTFT worst, "
+                        "TPOT worst |")
+    assert lines[3] == "| B x2 | 1 | 30.0% / 30.0% | 2.0% / 2.0% | TPOT median, TPOT worst |"
+    assert lines[4].startswith("| all | 3 | 4.0% / 30.0% | 2.0% / 5.0% |")
+    assert targets_table(rows[:1])[2].endswith("| all four |")  # one device: no "all" row
+    assert len(targets_table(rows[:1])) == 3

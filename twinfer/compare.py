@@ -321,6 +321,7 @@ def validation_table(sources: list[str | Path], profile: str | Path | None = Non
         if errs.size:
             lines.append(f"| {_label(key)} | {errs.size} | {np.median(errs):.1%} | "
                          f"{errs.max():.1%} |")
+    lines += ["", *targets_table(rows)]
     profiles = sorted({c.profile for c in rows})
     lines += ["", f"Twin profiles: {', '.join(profiles)}."]
     notes: dict[str, int] = {}
@@ -329,6 +330,39 @@ def validation_table(sources: list[str | Path], profile: str | Path | None = Non
             notes[note] = notes.get(note, 0) + 1
     lines += [f"Note ({n} of {len(rows)} runs): {note}." for note, n in notes.items()]
     return "\n".join(lines)
+
+
+# issue 5's targets: (metric, median bound, worst bound) on |relative error|
+TARGETS = (("ttft_mean_s", 0.05, 0.15), ("tpot_mean_s", 0.03, 0.10))
+
+
+def targets_table(rows: list[Comparison]) -> list[str]:
+    """Markdown lines: per device and in all, the median and worst |error| of TTFT and
+    TPOT (means) and which of the targets (``TARGETS``) they meet."""
+    groups: dict[str, list[Comparison]] = {}
+    for c in rows:
+        groups.setdefault(c.device, []).append(c)
+    if len(groups) > 1:
+        groups["all"] = rows
+    lines = ["| device | runs | TTFT median / worst | TPOT median / worst | targets met |",
+             "|---|---|---|---|---|"]
+    for device, group in groups.items():
+        cells, met = [], []
+        for key, median_bound, worst_bound in TARGETS:
+            errs = np.array([abs(c.errors()[key]) for c in group])
+            errs = errs[np.isfinite(errs)]
+            if not errs.size:
+                cells.append("-")
+                continue
+            median, worst = float(np.median(errs)), float(errs.max())
+            cells.append(f"{median:.1%} / {worst:.1%}")
+            name = _label(key).split()[0]
+            met += [f"{name} median"] * (median <= median_bound)
+            met += [f"{name} worst"] * (worst <= worst_bound)
+        verdict = ("all four" if len(met) == 2 * len(TARGETS)
+                   else ", ".join(met) if met else "none")
+        lines.append(f"| {device} | {len(group)} | {cells[0]} | {cells[1]} | {verdict} |")
+    return lines
 
 
 def _label(key: str) -> str:
