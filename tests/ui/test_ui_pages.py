@@ -311,3 +311,22 @@ def test_every_shipped_scenario_renders_or_says_why_not():
             assert len(at.error) == 1 and "\n" not in at.error[0].value, name
         else:
             assert metrics(at)["GPUs"].isdigit(), name
+
+
+def test_simreal_shows_what_makes_a_comparison_unfair(validation_repo, monkeypatch):
+    """A run whose executor switches differ from those the profile's overheads were
+    fitted to gets the compare note as a warning on the page."""
+    from ui_data import RESULTS
+
+    import twinfer.compare
+
+    doc = json.loads(RESULTS.read_text())
+    doc["switches"] = {"env": {}, "pdl": "off", "pdl_trigger": "end", "pdl_max_batch": 8}
+    target = validation_repo / "docs" / "validation" / RESULTS.name
+    target.write_text(json.dumps(doc))  # other bytes than the other tests' runs: no cache
+    monkeypatch.setattr(twinfer.compare, "executor_notes",
+                        lambda doc, profile: ("executor switches differ: pdl 'off' (run)",))
+    at = AppTest.from_function(simreal_page, default_timeout=TIMEOUT_S).run()
+    no_failures(at)
+    assert any("1 run(s): executor switches differ: pdl 'off' (run)." in w.value
+               for w in at.warning)

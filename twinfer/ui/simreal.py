@@ -73,6 +73,12 @@ def render() -> None:
         return
     profiles = sorted({r.comparison.profile for r in compared})
     st.subheader(f"{len(compared)} run(s), twin with {', '.join(profiles)}")
+    notes: dict[str, list[str]] = {}  # what may make a comparison unfair, and where
+    for r in compared:
+        for note in r.comparison.notes:
+            notes.setdefault(note, []).append(r.label)
+    for note, where in notes.items():
+        st.warning(f"{len(where)} run(s): {note}.", icon=":material/info:")
     st.plotly_chart(validation.error_figure(compared), key="sr_errors")
     wild = validation.outliers(compared)
     if not wild.empty:
