@@ -114,7 +114,24 @@ def compare(doc: dict, profile: Profile | None = None, source: str = "") -> Comp
         requests=workload.requests, prompt_tokens=_length(workload.prompt_tokens),
         output_tokens=_length(workload.output_tokens),
         profile=f"{profile.name} ({profile.source})", measured=measured, predicted=predicted,
-        notes=executor_notes(doc, profile))
+        notes=executor_notes(doc, profile) + kernel_notes(doc, profile))
+
+
+def kernel_notes(doc: dict, profile: Profile) -> tuple[str, ...]:
+    """A note when the profile's kernel samples were taken with another build of the
+    kernels than the run used (``ops.<kind>.kernels`` against the results'
+    ``versions.kernels``): the twin then prices kernels the executor no longer runs.
+    Nothing where either side did not record it."""
+    ran = (doc.get("versions") or {}).get("kernels")
+    if not ran:
+        return ()
+    stale = [kind for kind in ("gemm", "decode_attention", "prefill_attention", "elementwise")
+             if (fp := getattr(profile.ops, kind).kernels) and fp != ran]
+    if not stale:
+        return ()
+    return (f"{profile.name}'s {', '.join(stale)} samples were taken with another build "
+            f"of the kernels than this run's ({ran}): re-sweep them (twinfer calibrate "
+            f"--ops {','.join(stale)}) for a fair comparison",)
 
 
 def executor_notes(doc: dict, profile: Profile) -> tuple[str, ...]:

@@ -46,3 +46,21 @@ def test_compare_notes_a_run_whose_executor_differs():
     bare = base.model_copy(update={"overheads": base.overheads.model_copy(
         update={"executor": None})})
     assert executor_notes(_doc("off", {**PDL_ON, "pdl": "off"}), bare) == ()
+
+
+def test_compare_notes_samples_of_another_kernel_build():
+    from twinfer.compare import kernel_notes
+
+    base = load_profile("h100-sxm")
+    ops = base.ops.model_copy(update={
+        "decode_attention": base.ops.decode_attention.model_copy(update={"kernels": "aaaa"}),
+        "gemm": base.ops.gemm.model_copy(update={"kernels": "bbbb"})})
+    profile = base.model_copy(update={"ops": ops})
+    assert kernel_notes({"versions": {"kernels": "bbbb"}}, profile) == (
+        "h100-sxm's decode_attention samples were taken with another build of the kernels "
+        "than this run's (bbbb): re-sweep them (twinfer calibrate --ops decode_attention) "
+        "for a fair comparison",)
+    assert kernel_notes({"versions": {"kernels": "aaaa"}}, profile)[0].startswith(
+        "h100-sxm's gemm samples")
+    assert kernel_notes({"versions": {}}, profile) == ()  # results from before
+    assert kernel_notes({"versions": {"kernels": "cccc"}}, base) == ()  # profile from before

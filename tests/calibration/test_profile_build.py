@@ -78,3 +78,13 @@ def test_partial_run_keeps_the_op_kinds_it_did_not_measure():
     assert now["peaks"]["sustained_matmul_fraction"] == pytest.approx(0.8)  # measured now
     assert any("op samples carried over" in n and "gemm" in n for n in now["notes"])
     validate_profile(now)
+
+
+def test_each_op_section_records_the_kernels_that_measured_it():
+    from twinfer.kernels.fingerprint import kernels_fingerprint
+
+    doc = build_profile(groups(windows([0.95 * BURST] * 8)), INFO, cpu_plan(), "test-gpu", [])
+    assert doc["ops"] and all(section["kernels"] == kernels_fingerprint()
+                              for section in doc["ops"].values())
+    profile = validate_profile(doc)
+    assert profile.ops.gemm.kernels == kernels_fingerprint()

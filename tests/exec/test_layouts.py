@@ -32,6 +32,7 @@ LAYOUTS = {
 def test_layout_matches_single_process_reference(name, exec_run, check_reference):
     sc = LAYOUTS[name]
     doc = run_against_reference(exec_run, check_reference, sc)
+    assert len(doc["versions"]["kernels"]) == 12  # the kernels' code fingerprint
     assert {s["phase"] for s in doc["steps"]} == {"prefill", "decode"}
     pipes = [sorted(g for st in p["stages"] for g in st["gpus"])
              for p in doc["placement"]["pipelines"]]

@@ -18,6 +18,7 @@ import numpy as np
 
 from twinfer.calibration.fit import CurveQuality, curve_quality, fit_alpha_beta
 from twinfer.calibration.plan import ELEMENTWISE, OPS, SweepPlan
+from twinfer.kernels.fingerprint import kernels_fingerprint
 from twinfer.spec import SpecError
 from twinfer.spec.io import write_json_atomic
 
@@ -144,6 +145,9 @@ def build_profile(groups: dict[str, dict], info: dict, plan: SweepPlan, name: st
     ops: dict = {kind: {"samples": samples[kind]} for kind in OPS[:3] if samples[kind]}
     if samples["elementwise"]:
         ops["elementwise"] = {"samples": elementwise_curve(samples["elementwise"])}
+    fingerprint = kernels_fingerprint()
+    for section in ops.values():  # which build of the kernels these samples describe
+        section["kernels"] = fingerprint
     if "gemm" in ops:
         ops["gemm"]["dtype"] = plan.dtype
     return {

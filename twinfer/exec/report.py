@@ -27,6 +27,9 @@ def versions() -> dict:
            "cuda": torch.version.cuda}
     with contextlib.suppress(ImportError):
         out["triton"] = __import__("triton").__version__
+    from twinfer.kernels.fingerprint import kernels_fingerprint
+
+    out["kernels"] = kernels_fingerprint()
     if torch.cuda.is_available():
         out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     return out

@@ -127,21 +127,29 @@ class ElementwiseSample(_Strict):
     time_s: float = Field(gt=0)
 
 
+KERNELS_FIELD = dict(description="the kernels' code fingerprint when these samples were "
+                     "taken (twinfer.kernels.fingerprint); None: not recorded")
+
+
 class GemmOp(_Strict):
     dtype: str = "bf16"
     samples: list[GemmSample] = Field(default_factory=list)
+    kernels: str | None = Field(None, **KERNELS_FIELD)
 
 
 class DecodeAttentionOp(_Strict):
     samples: list[DecodeAttentionSample] = Field(default_factory=list)
+    kernels: str | None = Field(None, **KERNELS_FIELD)
 
 
 class PrefillAttentionOp(_Strict):
     samples: list[PrefillAttentionSample] = Field(default_factory=list)
+    kernels: str | None = Field(None, **KERNELS_FIELD)
 
 
 class ElementwiseOp(_Strict):
     samples: list[ElementwiseSample] = Field(default_factory=list)
+    kernels: str | None = Field(None, **KERNELS_FIELD)
 
 
 class Ops(_Strict):
