@@ -26,6 +26,7 @@ import numpy as np
 from twinfer.calibration.overheads import load_results
 from twinfer.calibration.replay import phase_totals, profile_for_run, replay, run_scenario
 from twinfer.sim import simulate
+from twinfer.sim.cost import KERNEL_OPS
 from twinfer.sim.profile import Profile, load_profile
 from twinfer.spec import SpecError
 
@@ -125,7 +126,7 @@ def kernel_notes(doc: dict, profile: Profile) -> tuple[str, ...]:
     ran = (doc.get("versions") or {}).get("kernels")
     if not ran:
         return ()
-    stale = [kind for kind in ("gemm", "decode_attention", "prefill_attention", "elementwise")
+    stale = [kind for kind in KERNEL_OPS
              if (fp := getattr(profile.ops, kind).kernels) and fp != ran]
     if not stale:
         return ()

@@ -81,7 +81,7 @@ def test_partial_run_keeps_the_op_kinds_it_did_not_measure():
 
 
 def test_each_op_section_records_the_kernels_that_measured_it():
-    from twinfer.kernels.fingerprint import kernels_fingerprint
+    from twinfer.fingerprint import kernels_fingerprint
 
     doc = build_profile(groups(windows([0.95 * BURST] * 8)), INFO, cpu_plan(), "test-gpu", [])
     assert doc["ops"] and all(section["kernels"] == kernels_fingerprint()

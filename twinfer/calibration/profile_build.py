@@ -18,7 +18,7 @@ import numpy as np
 
 from twinfer.calibration.fit import CurveQuality, curve_quality, fit_alpha_beta
 from twinfer.calibration.plan import ELEMENTWISE, OPS, SweepPlan
-from twinfer.kernels.fingerprint import kernels_fingerprint
+from twinfer.fingerprint import kernels_fingerprint
 from twinfer.spec import SpecError
 from twinfer.spec.io import write_json_atomic
 

@@ -27,7 +27,7 @@ def versions() -> dict:
            "cuda": torch.version.cuda}
     with contextlib.suppress(ImportError):
         out["triton"] = __import__("triton").__version__
-    from twinfer.kernels.fingerprint import kernels_fingerprint
+    from twinfer.fingerprint import kernels_fingerprint
 
     out["kernels"] = kernels_fingerprint()
     if torch.cuda.is_available():

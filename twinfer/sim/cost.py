@@ -32,6 +32,8 @@ from twinfer.spec.cluster import LinkSpec
 from twinfer.spec.errors import SpecError
 from twinfer.spec.model import DTYPE_BYTES
 
+KERNEL_OPS = ("gemm", "decode_attention", "prefill_attention", "elementwise")
+
 
 class Provenance:
     """The distinct bases of a prediction: measured samples, scalings and fallbacks."""
@@ -87,8 +89,24 @@ class CostModel:
         self.copy_bytes_per_s = profile.peaks.copy_bytes_per_s
         self._build_compute()
         self._cache: dict[tuple, float] = {}
+        self._note_stale_kernels()
 
     # ---- setup ---------------------------------------------------------------------
+    def _note_stale_kernels(self) -> None:
+        """Say when the profile's kernel samples were taken with another build of the
+        kernels than this checkout's (``ops.<kind>.kernels``): they then price kernels
+        the executor no longer runs."""
+        from twinfer.fingerprint import kernels_fingerprint
+
+        here = kernels_fingerprint()
+        stale = [kind for kind in KERNEL_OPS
+                 if (fp := getattr(self.profile.ops, kind).kernels) and fp != here]
+        if stale:
+            self.provenance.note(("kernels", self.name), (
+                f"{self.name} {', '.join(stale)}: samples taken with another build of the "
+                f"kernels than this checkout's ({here}); `twinfer calibrate --ops "
+                f"{','.join(stale)}` re-measures them"))
+
     def _build_compute(self) -> None:
         ops = self.profile.ops
         db = self.dtype_bytes

@@ -128,7 +128,7 @@ class ElementwiseSample(_Strict):
 
 
 KERNELS_FIELD = dict(description="the kernels' code fingerprint when these samples were "
-                     "taken (twinfer.kernels.fingerprint); None: not recorded")
+                     "taken (twinfer.fingerprint); None: not recorded")
 
 
 class GemmOp(_Strict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from twinfer.kernels import fingerprint as fp
+from twinfer import fingerprint as fp
 
 
 def _copy(tmp_path: Path) -> Path:

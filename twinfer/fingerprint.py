@@ -7,7 +7,8 @@ without any error (the fifth session found the shipped H100 decode-attention sam
 fingerprint per op section and the executor's results record it too, so that
 `twinfer compare` can say when the two differ. The hash is over each module's syntax
 tree without docstrings (comments and formatting do not count) and the GEMV table's
-bytes. Standard library only.
+bytes. Standard library only, outside the kernels package (whose import loads torch and
+Triton), so the twin can check a profile without them.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import functools
 import hashlib
 from pathlib import Path
 
-HERE = Path(__file__).parent
-SKIP = {"bench.py", "bench_ops.py", "fingerprint.py"}  # benchmarks and this module
+HERE = Path(__file__).parent / "kernels"
+SKIP = {"bench.py", "bench_ops.py"}  # the kernels' benchmarks
 
 
 def _code(source: str) -> str:
