@@ -279,3 +279,20 @@ def test_one_gpu_prefill_floor_and_the_drivers_time_per_sequence():
     follower = StageCost(StageSpec(m, 1, 16, "nvlink", True, False), cost)
     lone = StageCost(StageSpec(m, 1, 16, "nvlink", True, False), bare)
     assert follower.step(decode)[0] == approx(lone.step(decode)[0])
+
+
+def test_samples_of_another_kernel_build_are_named_in_the_provenance():
+    from twinfer.fingerprint import kernels_fingerprint
+    from twinfer.sim.cost import CostModel
+    from twinfer.sim.profile import load_profile
+
+    base = load_profile("h100-sxm")
+    assert not [line for line in CostModel(base, "bf16").provenance.lines()
+                if "another build" in line]  # the shipped profiles record none
+    ops = base.ops.model_copy(update={
+        "decode_attention": base.ops.decode_attention.model_copy(update={"kernels": "old"}),
+        "gemm": base.ops.gemm.model_copy(update={"kernels": kernels_fingerprint()})})
+    lines = CostModel(base.model_copy(update={"ops": ops}), "bf16").provenance.lines()
+    assert (f"h100-sxm decode_attention: samples taken with another build of the kernels "
+            f"than this checkout's ({kernels_fingerprint()}); `twinfer calibrate --ops "
+            "decode_attention` re-measures them") in lines
