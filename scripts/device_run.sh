@@ -434,6 +434,25 @@ campaign5)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
+resweep6)
+  # one GPU, for the next session: the executor's GPU tests, decode attention re-swept
+  # into this GPU type's profile (the shipped samples predate today's kernel: 22.5 us
+  # at 4K, batch 1, on the H100 where today's sweep gives 19.4; docs/VALIDATION.md),
+  # then the TP=1 overhead runs and matrix against it; ship
+  # campaign/profiles/<name>.json afterwards (its ops.decode_attention.kernels records
+  # the kernels' fingerprint)
+  shipped_profile
+  gpu_tests 120 tests/exec/test_gpu.py tests/exec/test_host_side.py
+  {
+    log "calibrate --ops decode_attention -> $name"
+    timeout -k 5 240 python3 -m twinfer.cli calibrate --ops decode_attention \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -4
+    tp1_campaign 30
+    first_prefills 2
+    tar czf "$OUT/results.tgz" -C /tmp res
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+  ;;
 eagerwarm)
   # one GPU, fresh machine: the TP=1 overhead run without CUDA graphs (4 requests, 32
   # layers) twice, then the TP=1 b1 c512 point twice: does the eager decode warm-up keep

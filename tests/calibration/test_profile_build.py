@@ -88,3 +88,19 @@ def test_each_op_section_records_the_kernels_that_measured_it():
                               for section in doc["ops"].values())
     profile = validate_profile(doc)
     assert profile.ops.gemm.kernels == kernels_fingerprint()
+
+
+def test_a_recalibration_keeps_every_fitted_overhead():
+    """The overheads come from executor runs, not sweeps: a re-sweep keeps them, also
+    when the fit left ``step_s`` and ``per_layer_s`` at zero (the CPU profile fits a
+    stage delay, a follower's step and a prefill floor instead)."""
+    before = build_profile(groups(windows([0.9 * BURST] * 4)), INFO, cpu_plan(), "g", [])
+    before["overheads"].update({"follower_step_s": 0.0059, "stage_step_s": 0.0016,
+                                "prefill_host_s": 0.00065, "prefill_layer_s": 0.00058})
+    now = build_profile(groups(windows([0.9 * BURST] * 4)), INFO, cpu_plan(), "g", [])
+    carry_over(now, before)
+    assert now["overheads"] == before["overheads"]
+    assert any("overheads carried over" in n for n in now["notes"])
+    fresh = build_profile(groups(windows([0.9 * BURST] * 4)), INFO, cpu_plan(), "g", [])
+    carry_over(fresh, build_profile(groups([]), INFO, cpu_plan(), "g", []))
+    assert not any("overheads carried over" in n for n in fresh["notes"])  # nothing fitted

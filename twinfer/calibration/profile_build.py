@@ -191,7 +191,8 @@ def carry_over(profile: dict, previous: dict) -> None:
         profile["notes"].append(f"op samples carried over from the previous profile (this run "
                                 f"did not measure them): {', '.join(kept)}")
     over = previous.get("overheads", {})
-    if over.get("step_s") or over.get("per_layer_s"):
+    # anything fitted (a profile may fit no step_s but a host floor or stage delay)
+    if any(v for k, v in over.items() if k not in ("cuda_graphs", "comm_overlap")):
         profile["overheads"] = dict(over)
         profile["notes"].append("overheads carried over from the previous profile: refit them "
                                 "with `twinfer calibrate --from-exec RESULTS.json`")
