@@ -111,3 +111,22 @@ def test_the_heap_is_settled_and_collections_are_clocked():
     finally:
         clock.close()
     assert clock._callback not in gc.callbacks
+
+
+def test_the_steal_clock_reads_the_bound_cpu(tmp_path, monkeypatch):
+    """The hypervisor's steal column of /proc/stat (clock ticks), for the CPU the rank
+    is bound to, or for all of them when it is not; None without /proc/stat."""
+    import os
+
+    from twinfer.exec.engine import StealClock
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 5 900 0 0 0 40 0 0\ncpu3 2 0 1 200 0 0 0 7 0 0\n")
+    monkeypatch.setattr(StealClock, "STAT", stat)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    clock = StealClock()
+    assert clock.read() == 7 * clock.tick_s
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert StealClock().read() == 40 * clock.tick_s
+    monkeypatch.setattr(StealClock, "STAT", tmp_path / "missing")
+    assert StealClock().read() is None

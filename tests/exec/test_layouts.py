@@ -46,8 +46,10 @@ def test_layout_matches_single_process_reference(name, exec_run, check_reference
             if int(rank) in drivers:  # on CPU the host runs the step, inside its wall
                 assert rec["host_s"] <= step["wall_s"]
         host = step["host"]  # the driver's host time, split
-        assert set(host) == {"plan_s", "launch_s", "launch_cpu_s", "sample_s", "complete_s",
-                             "gc_s", "gc_collections", "gc_full"}
+        assert set(host) - {"steal_s"} == {"plan_s", "launch_s", "launch_cpu_s", "sample_s",
+                                           "complete_s", "gc_s", "gc_collections", "gc_full"}
+        assert ("steal_s" in host) == (step["phase"] == "prefill")
+        host = {k: v for k, v in host.items() if v is not None}  # steal_s: None off Linux
         assert host["launch_cpu_s"] <= host["launch_s"] + 1e-3
         assert host["gc_full"] <= host["gc_collections"]
         assert host["gc_s"] <= step["wall_s"] + host["complete_s"] + host["plan_s"]

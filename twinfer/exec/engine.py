@@ -11,11 +11,13 @@ workloads in a row (the benchmark does), with the same weights and cache.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import ceil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -169,6 +171,36 @@ class GcClock:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class StealClock:
+    """Time the hypervisor took from this rank's CPU (``/proc/stat``'s steal column, in
+    clock ticks of 10 ms) as read around a step. On the device machines (KVM guests)
+    a step's host part sometimes ran 2-10x slower with the thread's own CPU time
+    keeping pace (docs/VALIDATION.md). A guest kernel that does not account steal time
+    charges the time its vCPU was taken away to the thread that ran on it, so the
+    thread's CPU time cannot rule that out; the steal column can. The CPU is the
+    one the rank is bound to, or all of them (the ``cpu`` line) when it is not bound.
+    Reads return None where ``/proc/stat`` is missing."""
+
+    STAT = Path("/proc/stat")
+
+    def __init__(self) -> None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        self.line = f"cpu{next(iter(cpus))} " if len(cpus) == 1 else "cpu "
+        self.tick_s = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+    def read(self) -> float | None:
+        """Seconds of steal so far on the clock's CPU(s), or None."""
+        try:
+            text = self.STAT.read_text()
+        except OSError:
+            return None
+        for row in text.splitlines():
+            if row.startswith(self.line):
+                fields = row.split()
+                return int(fields[8]) * self.tick_s if len(fields) > 8 else None
+        return None
 
 
 def settle_heap() -> None:
@@ -365,6 +397,7 @@ class Engine:
         report = ServeReport(self.control.rank, [])
         inflight: deque = deque()
         allocator = AllocatorCounters(self.runner.device)
+        steal = StealClock()
         with GcClock() as collector:
             t0 = time.perf_counter()
             while True:
@@ -386,6 +419,8 @@ class Engine:
                     time.sleep(max(0.0, arrival - (time.perf_counter() - t0)))
                     continue
                 plan, start, (kv_tokens, kv_pages), plan_s = inflight.popleft()
+                # prefill steps only: one read of /proc/stat inside the step, ~50 us
+                steal0 = steal.read() if plan.phase == "prefill" else None
                 t_step, c_step = time.perf_counter(), time.thread_time()
                 logits = self.runner.step(plan)
                 t_sample, c_sample = time.perf_counter(), time.thread_time()
@@ -413,6 +448,10 @@ class Engine:
                 })
                 if plan.phase == "prefill":
                     report.steps[-1]["allocator"] = allocator.delta()
+                    steal1 = steal.read()
+                    report.steps[-1]["host"]["steal_s"] = (
+                        steal1 - steal0 if steal0 is not None and steal1 is not None
+                        else None)
         self.control.send_plan(None)
         self.control.flush()
         report.kv_peak_pages = sched.alloc.peak_used
