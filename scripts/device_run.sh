@@ -422,31 +422,21 @@ refresh6)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
-campaign5)
-  # one GPU, the slim refresh: the executor's GPU tests, then the TP=1 overhead runs and
-  # matrix with the default executor, and two fresh first prefills
+campaign5|resweep6)
+  # one GPU: the executor's GPU tests, then (resweep6) decode attention re-swept into
+  # this GPU type's profile (the shipped samples predate today's kernel: 22.5 us at 4K,
+  # batch 1, on the H100 where today's sweep gives 19.4; docs/VALIDATION.md), then the
+  # TP=1 overhead runs and matrix with the default executor against that profile, and
+  # two fresh first prefills. After resweep6, ship campaign/profiles/<name>.json (its
+  # ops.decode_attention.kernels records the kernels' fingerprint)
   shipped_profile
   gpu_tests 120 tests/exec/test_gpu.py tests/exec/test_host_side.py
   {
-    tp1_campaign 30
-    first_prefills 2
-    tar czf "$OUT/results.tgz" -C /tmp res
-    log "done"
-  } >> "$OUT/run.log" 2>&1
-  ;;
-resweep6)
-  # one GPU, for the next session: the executor's GPU tests, decode attention re-swept
-  # into this GPU type's profile (the shipped samples predate today's kernel: 22.5 us
-  # at 4K, batch 1, on the H100 where today's sweep gives 19.4; docs/VALIDATION.md),
-  # then the TP=1 overhead runs and matrix against it; ship
-  # campaign/profiles/<name>.json afterwards (its ops.decode_attention.kernels records
-  # the kernels' fingerprint)
-  shipped_profile
-  gpu_tests 120 tests/exec/test_gpu.py tests/exec/test_host_side.py
-  {
-    log "calibrate --ops decode_attention -> $name"
-    timeout -k 5 240 python3 -m twinfer.cli calibrate --ops decode_attention \
-      --out "$camp/profiles/$name.json" 2>&1 | tail -4
+    if [ "$mode" = resweep6 ]; then
+      log "calibrate --ops decode_attention -> $name"
+      timeout -k 5 240 python3 -m twinfer.cli calibrate --ops decode_attention \
+        --out "$camp/profiles/$name.json" 2>&1 | tail -4
+    fi
     tp1_campaign 30
     first_prefills 2
     tar czf "$OUT/results.tgz" -C /tmp res
