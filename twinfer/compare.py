@@ -26,7 +26,6 @@ import numpy as np
 from twinfer.calibration.overheads import load_results
 from twinfer.calibration.replay import phase_totals, profile_for_run, replay, run_scenario
 from twinfer.sim import simulate
-from twinfer.sim.cost import KERNEL_OPS
 from twinfer.sim.profile import Profile, load_profile
 from twinfer.spec import SpecError
 
@@ -126,8 +125,7 @@ def kernel_notes(doc: dict, profile: Profile) -> tuple[str, ...]:
     ran = (doc.get("versions") or {}).get("kernels")
     if not ran:
         return ()
-    stale = [kind for kind in KERNEL_OPS
-             if (fp := getattr(profile.ops, kind).kernels) and fp != ran]
+    stale = profile.ops.taken_elsewhere(ran)
     if not stale:
         return ()
     return (f"{profile.name}'s {', '.join(stale)} samples were taken with another build "

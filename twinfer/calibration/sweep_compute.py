@@ -122,16 +122,16 @@ def decode_group(bench: Bench, heads: HeadShape) -> list[dict]:
 def retime_glitches(samples: list[dict], batches: list[int], contexts: list[int],
                     timed: Callable[[int, int], float]) -> list[dict]:
     """Time once more every decode sample that took longer than a larger batch at the
-    same context (`twinfer.sim.interp.dominated`: less work in more time is a glitch,
+    same context (`twinfer.sim.interp.grid_glitches`: less work in more time is a glitch,
     e.g. a clock change or another process mid-measurement), keeping the faster of the
     two timings; the first is kept as ``first_time_s``. The twin refills what is still
     a glitch after this from the sample's row."""
-    from twinfer.sim.interp import dominated
+    from twinfer.sim.interp import grid_glitches
 
     if len(samples) != len(batches) * len(contexts):
         return samples
     at = {(s["batch"], s["context"]): s for s in samples}
-    flags = dominated([[at[(b, c)]["time_s"] for c in contexts] for b in batches])
+    flags, _ = grid_glitches([[at[(b, c)]["time_s"] for c in contexts] for b in batches])
     for i, batch in enumerate(batches):
         for j, context in enumerate(contexts):
             if flags[i][j]:

@@ -32,8 +32,6 @@ from twinfer.spec.cluster import LinkSpec
 from twinfer.spec.errors import SpecError
 from twinfer.spec.model import DTYPE_BYTES
 
-KERNEL_OPS = ("gemm", "decode_attention", "prefill_attention", "elementwise")
-
 
 class Provenance:
     """The distinct bases of a prediction: measured samples, scalings and fallbacks."""
@@ -99,8 +97,7 @@ class CostModel:
         from twinfer.fingerprint import kernels_fingerprint
 
         here = kernels_fingerprint()
-        stale = [kind for kind in KERNEL_OPS
-                 if (fp := getattr(self.profile.ops, kind).kernels) and fp != here]
+        stale = self.profile.ops.taken_elsewhere(here)
         if stale:
             self.provenance.note(("kernels", self.name), (
                 f"{self.name} {', '.join(stale)}: samples taken with another build of the "

@@ -9,7 +9,7 @@ it), and one glitch must not inflate a whole curve. So each curve is cleaned fir
 0. a point more than ``DOMINANCE`` times slower than a later point (more work) is a
    **glitch** whatever its neighbours look like (runs of them, or one at a row's end,
    escape the spike test); it is refilled on the log-log line through its nearest good
-   neighbours (`dominated`, `refill`). A grid (decode attention over batch and
+   neighbours (`glitches`, `refill`). A grid (decode attention over batch and
    context) applies the rule along both axes;
 1. a **spike** (a point more than ``SPIKE`` times slower than the log-log line
    through its two neighbours, or the smallest point more than that slower than the
@@ -79,10 +79,10 @@ def isotonic_log(ts: list[float]) -> list[float]:
 
 
 def monotone_curve(ts: list[float], xs: list[float] | None = None) -> tuple[list[float], int]:
-    """Points slower than a later one refilled (`dominated`), despiked, then isotonic:
+    """Points slower than a later one refilled (`glitches`), despiked, then isotonic:
     (non-decreasing times, points replaced)."""
-    flags = dominated([ts])[0]
-    clean, spikes = despike(refill(ts, flags, xs, upper_bounds([ts])[0]), xs)
+    flags, bounds = glitches(ts)
+    clean, spikes = despike(refill(ts, flags, xs, bounds), xs)
     return isotonic_log(clean), spikes + sum(flags)
 
 
@@ -142,27 +142,28 @@ DOMINANCE = 1.25  # a point this many times slower than a point of more work is 
 MAX_SLOPE = 1.0  # along a grid row, time grows at most linearly (decode over context)
 
 
-def upper_bounds(grid: list[list[float]]) -> list[list[float]]:
-    """Per point of a grid whose rows are ever more work (decode attention: batch
-    sizes; a single row of a series: its points), the fastest point of the same column
-    in a later row (inf in the last): a point cannot rightly take longer than that."""
-    if len(grid) == 1:  # a series: the later points of the row itself
-        row = grid[0]
-        return [[min(row[i + 1:], default=math.inf) for i in range(len(row))]]
-    rows, cols = len(grid), len(grid[0]) if grid else 0
-    return [[min((grid[k][j] for k in range(i + 1, rows)), default=math.inf)
-             for j in range(cols)] for i in range(rows)]
+def glitches(ts: list[float]) -> tuple[list[bool], list[float]]:
+    """For times of ever more work (a curve along its axis; a grid column along batch):
+    which are glitches, and each point's bound, the fastest later point (inf for the
+    last). A point more than ``DOMINANCE`` times slower than its bound did less work in
+    more time. Isolated-spike despiking cannot see such points when they sit at a row's
+    end or come in runs (H100 decode, 16 query / 4 KV heads, batch 1: 242.5 us at 16K
+    and 168.4 us at 32K tokens, where batch 4 took 58.5 and 103.3; H100 GEMM 2048 ->
+    4096 at m = 8, 16, 32: 228, 152, 103 us, where m = 4 and m = 64 took 11.4 and
+    11.6)."""
+    bounds, fastest = [math.inf] * len(ts), math.inf
+    for i in range(len(ts) - 1, -1, -1):  # suffix minima
+        bounds[i], fastest = fastest, min(fastest, ts[i])
+    return [t > DOMINANCE * u for t, u in zip(ts, bounds, strict=True)], bounds
 
 
-def dominated(grid: list[list[float]]) -> list[list[bool]]:
-    """Glitches: a point more than ``DOMINANCE`` times slower than its upper bound
-    (`upper_bounds`) did less work in more time. Isolated-spike despiking cannot see
-    them when they sit at a row's end or come in runs (H100 decode, 16 query / 4 KV
-    heads, batch 1: 242.5 us at 16K and 168.4 us at 32K tokens, where batch 4 took
-    58.5 and 103.3; H100 GEMM 2048 -> 4096 at m = 8, 16, 32: 228, 152, 103 us, where
-    m = 4 and m = 64 took 11.4 and 11.6)."""
-    return [[t > DOMINANCE * u for t, u in zip(row, bound, strict=True)]
-            for row, bound in zip(grid, upper_bounds(grid), strict=True)]
+def grid_glitches(grid: list[list[float]]) -> tuple[list[list[bool]], list[list[float]]]:
+    """`glitches` down every column of a grid whose rows are ever more work (decode
+    attention: batch sizes), as rows."""
+    columns = [glitches(list(col)) for col in zip(*grid, strict=True)]
+    flags = [list(row) for row in zip(*(f for f, _ in columns), strict=True)]
+    bounds = [list(row) for row in zip(*(u for _, u in columns), strict=True)]
+    return flags, bounds
 
 
 def refill(ts: list[float], glitch: list[bool], xs: list[float] | None,
@@ -170,7 +171,7 @@ def refill(ts: list[float], glitch: list[bool], xs: list[float] | None,
     """``ts`` with the flagged points replaced from the row's others: the log-log line
     through the nearest good neighbours; past the last good point, its line from the
     point before, slope within [0, ``MAX_SLOPE``]; before the first, its value; never
-    above ``bound`` (`upper_bounds`)."""
+    above ``bound`` (`glitches`)."""
     good = [i for i, g in enumerate(glitch) if not g]
     if not good or len(good) == len(ts):
         return list(ts)
@@ -204,7 +205,7 @@ class LogLogGrid:
 
     Used for decode attention over (batch, context). Points slower than a point of more
     work (a larger batch, same context) are glitches, refilled along their row
-    (`dominated`, `refill`) before each row is despiked and made monotone. Queries
+    (`grid_glitches`, `refill`) before each row is despiked and made monotone. Queries
     outside the grid are clamped to its edge and reported as BELOW or ABOVE per axis, so
     the caller can scale (time grows linearly with batch and with context once
     memory-bound).
@@ -216,9 +217,9 @@ class LogLogGrid:
         if len(points) != len(a_vals) * len(b_vals):
             raise ValueError("the points do not form a full grid")
         raw = [[points[(a, b)] for b in b_vals] for a in a_vals]
-        glitches, bounds = dominated(raw), upper_bounds(raw)
-        grid, self.spikes = [], sum(map(sum, glitches))
-        for row_t, row_g, row_u in zip(raw, glitches, bounds, strict=True):
+        flags, bounds = grid_glitches(raw)
+        grid, self.spikes = [], sum(map(sum, flags))
+        for row_t, row_g, row_u in zip(raw, flags, bounds, strict=True):
             # each row refilled, cleaned and monotone along b ...
             row, spikes = monotone_curve(refill(row_t, row_g, b_vals, row_u), b_vals)
             grid.append(row)

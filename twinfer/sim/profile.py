@@ -127,29 +127,30 @@ class ElementwiseSample(_Strict):
     time_s: float = Field(gt=0)
 
 
-KERNELS_FIELD = dict(description="the kernels' code fingerprint when these samples were "
-                     "taken (twinfer.fingerprint); None: not recorded")
+class _OpSamples(_Strict):
+    """What every op section has besides its samples: the build of the kernels that
+    took them."""
+
+    kernels: str | None = Field(None, description="the kernels' code fingerprint when "
+                                "these samples were taken (twinfer.fingerprint); None: not "
+                                "recorded")
 
 
-class GemmOp(_Strict):
+class GemmOp(_OpSamples):
     dtype: str = "bf16"
     samples: list[GemmSample] = Field(default_factory=list)
-    kernels: str | None = Field(None, **KERNELS_FIELD)
 
 
-class DecodeAttentionOp(_Strict):
+class DecodeAttentionOp(_OpSamples):
     samples: list[DecodeAttentionSample] = Field(default_factory=list)
-    kernels: str | None = Field(None, **KERNELS_FIELD)
 
 
-class PrefillAttentionOp(_Strict):
+class PrefillAttentionOp(_OpSamples):
     samples: list[PrefillAttentionSample] = Field(default_factory=list)
-    kernels: str | None = Field(None, **KERNELS_FIELD)
 
 
-class ElementwiseOp(_Strict):
+class ElementwiseOp(_OpSamples):
     samples: list[ElementwiseSample] = Field(default_factory=list)
-    kernels: str | None = Field(None, **KERNELS_FIELD)
 
 
 class Ops(_Strict):
@@ -157,6 +158,12 @@ class Ops(_Strict):
     decode_attention: DecodeAttentionOp = DecodeAttentionOp()
     prefill_attention: PrefillAttentionOp = PrefillAttentionOp()
     elementwise: ElementwiseOp = ElementwiseOp()
+
+    def taken_elsewhere(self, kernels: str) -> list[str]:
+        """The sections whose samples record another build of the kernels than
+        ``kernels`` (sections that record none are not counted)."""
+        return [kind for kind in type(self).model_fields
+                if (mine := getattr(self, kind).kernels) and mine != kernels]
 
 
 class CollectiveSample(_Strict):
