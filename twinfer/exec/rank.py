@@ -317,7 +317,7 @@ def warmup_prompts(prompts: list[int], sched, micro_batches: int, longest: int) 
     seen to take 7-9 ms more than its kernels when the warm-up had used one 256-token
     prompt (docs/VALIDATION.md)."""
     budget = sched.max_prefill_tokens
-    cap = min(sched.max_running, ceil(len(prompts) / max(1, micro_batches)))
+    cap = warmup_decode_batch(len(prompts), sched, micro_batches)
     first, tokens = [], 0
     for n in (min(n, budget, longest) for n in prompts):
         if first and (tokens + n > budget or len(first) >= cap):
