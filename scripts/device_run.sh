@@ -422,6 +422,32 @@ refresh6)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
+resweep7)
+  # one GPU, sixth session (split heuristic: about 32 KV splits at batch 1 and 32K): the
+  # decode kernels' and executor's GPU tests, decode attention re-swept into this GPU
+  # type's profile, decode attention as swept and in situ (16/32/64 splits against the
+  # heuristic), the TP=1 overhead runs and matrix against the re-swept profile, two
+  # fresh first prefills (GC and steal records), batch 1-64 TPOT against the roofline
+  shipped_profile
+  gpu_tests 150 tests/kernels/test_decode.py tests/exec/test_gpu.py tests/exec/test_host_side.py
+  {
+    log "calibrate --ops decode_attention -> $name"
+    timeout -k 5 240 python3 -m twinfer.cli calibrate --ops decode_attention \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -4
+    log "decode attention: sweep vs in situ"
+    timeout -k 5 60 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
+      2>&1 | tail -12
+    tp1_campaign 60
+    first_prefills 2
+    if [ $(left) -gt 40 ]; then
+      log "bench --part ours (roofline)"
+      timeout -k 5 $(( $(left) - 10 )) python3 -m twinfer.exec.bench --part ours \
+        --batches 1 16 64 --contexts 512 4096 --out /tmp/res/bench-ours.json 2>&1 | tail -9
+    fi
+    tar czf "$OUT/results.tgz" -C /tmp res
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+  ;;
 campaign5|resweep6)
   # one GPU: the executor's GPU tests, then (resweep6) decode attention re-swept into
   # this GPU type's profile (the shipped samples predate today's kernel: 22.5 us at 4K,

@@ -146,6 +146,13 @@ def test_choose_num_splits():
     assert choose_num_splits(8, 8, 32768, 132) == 4
     assert choose_num_splits(32, 8, 8192, 132) == 1  # 256 programs: one full wave
     assert choose_num_splits(64, 8, 8192, 132) == 3  # 512 would leave a ragged 2nd wave
+    # Measured in the executor's decode graph on H100s (132 SMs): batch 1 at 4K is best
+    # with 16 splits, at 32K with about 32 (one wave of ~2 programs per SM).
+    assert choose_num_splits(1, 8, 4096, 132, 128) == 16
+    assert choose_num_splits(1, 8, 8192, 132, 128) == 16
+    assert 28 <= choose_num_splits(1, 8, 32768, 132, 128) <= 32
+    assert 28 <= choose_num_splits(1, 4, 32768, 132, 128) <= 32
+    assert choose_num_splits(16, 4, 32768, 132, 128) == 4  # batch 16 already fills it
     # A split is at least one tile, and the count stays within bounds.
     assert choose_num_splits(1, 8, 1024, 132, 64) <= 16
     assert all(1 <= choose_num_splits(b, 8, c, 132) <= 64

@@ -52,12 +52,15 @@ def choose_num_splits(
     ``min(1, n / (2 * sms))`` when ``n`` fits in one wave, else ``n / (waves * slots)``.
     Take the fewest splits within 95% of the best; every split is at least one tile.
     The last split of a (sequence, KV head) merges the others serially, so more than
-    16 splits are allowed only while each keeps at least 4K tokens to stream (in the
-    sweep, batch-1 GQA at 8K/32K ran 18/45 us with 16 splits, 21/46.5 us with 30).
+    16 splits are allowed only while each keeps at least 1K tokens to stream. In the
+    H200 sweep, batch-1 GQA at 8K ran 18 us with 16 splits and 21 with 30 (at 32K,
+    45 / 46.5 us); inside the executor's decode graph on three H100s, batch 1 at 32K
+    ran 9-25% faster with 32 splits than with 16 (4K: 16 best; docs/BENCHMARKS.md,
+    "Decode attention as swept and as the executor runs it").
     """
     programs = batch * kv_heads
     slots = sms * ctas_per_sm
-    cap = max(1, min(max_splits, context // block_n, max(16, context // 4096)))
+    cap = max(1, min(max_splits, context // block_n, max(16, context // 1024)))
 
     def efficiency(splits: int) -> float:
         n = programs * splits
