@@ -7,7 +7,9 @@ fills most of the GPU's memory (one slab per layer), with the layer's GEMMs in b
 At 32K context the executor's steps were slower than the sweep predicts (docs/
 VALIDATION.md). This script times one (batch, context, heads) point four ways on one GPU:
 
-- ``sweep``: as the calibration does;
+- ``sweep``: one launch between two events (the calibration before the sixth session);
+- ``sweep_graph``: the same copies, 32 launches in one CUDA graph (the calibration's
+  decode-attention timing since then, `twinfer.calibration.timing.measure_graphed`);
 - ``pool``: a cache the executor's size and layout, every layer's pages 0..n in order
   (as the executor's allocator hands them out), 32 layers replayed from one graph;
 - ``pool+weights``: the same with a read of one layer's weights (an 8B model's layer:
@@ -29,7 +31,13 @@ import statistics
 
 import torch
 
-from twinfer.calibration.timing import TimingConfig, cache_bytes, measure, rotations
+from twinfer.calibration.timing import (
+    TimingConfig,
+    cache_bytes,
+    measure,
+    measure_graphed,
+    rotations,
+)
 from twinfer.kernels.decode import paged_flash_decode
 
 PAGE = 16
@@ -79,6 +87,8 @@ def point(batch: int, context: int, q_heads: int, kv_heads: int, layer_mb: int,
         table = torch.randperm(batch * pages, device=dev).view(batch, pages).int()
         sets.append((q, k, torch.randn_like(k), table, lens))
     sweep = measure(lambda i: paged_flash_decode(*sets[i % len(sets)]), dev, TimingConfig())
+    sweep_graph = measure_graphed(lambda i: paged_flash_decode(*sets[i % len(sets)]), dev,
+                                  TimingConfig())
     sets.clear()
     del k
     torch.cuda.empty_cache()
@@ -108,7 +118,7 @@ def point(batch: int, context: int, q_heads: int, kv_heads: int, layer_mb: int,
 
     row = {"batch": batch, "context": context, "q_heads": q_heads, "kv_heads": kv_heads,
            "pool_blocks": blocks, "pool_gib": store.numel() * 2 / 2**30,
-           "sweep_us": sweep * 1e6}
+           "sweep_us": sweep * 1e6, "sweep_graph_us": sweep_graph * 1e6}
     row["pool_us"] = replay_s(graph_of(layers(inorder))) / LAYERS * 1e6
     both = replay_s(graph_of(layers(inorder, read=True)))
     alone = replay_s(graph_of(reads))

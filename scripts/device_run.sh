@@ -429,7 +429,8 @@ resweep7)
   # heuristic), the TP=1 overhead runs and matrix against the re-swept profile, two
   # fresh first prefills (GC and steal records), batch 1-64 TPOT against the roofline
   shipped_profile
-  gpu_tests 150 tests/kernels/test_decode.py tests/exec/test_gpu.py tests/exec/test_host_side.py
+  gpu_tests 150 tests/kernels/test_decode.py tests/calibration/test_timing.py \
+    tests/exec/test_gpu.py tests/exec/test_host_side.py
   {
     log "calibrate --ops decode_attention -> $name"
     timeout -k 5 240 python3 -m twinfer.cli calibrate --ops decode_attention \

@@ -8,11 +8,16 @@ variable is put back, so that the executor and calibration tests run the torch
 reference paths (``backend="auto"`` picks them for CPU tensors) rather than the
 interpreter. The kernel tests switch the interpreter on for themselves
 (tests/kernels/conftest.py).
+
+Tests marked ``gpu`` (``multigpu``) are skipped where there is no CUDA GPU (fewer than
+two), in every directory.
 """
 
 import importlib
 import os
 import pkgutil
+
+import pytest
 
 try:
     import torch
@@ -34,3 +39,12 @@ if torch is not None and not torch.cuda.is_available():
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = _before
+
+
+def pytest_collection_modifyitems(config, items):
+    gpus = torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
+    for item in items:
+        if "gpu" in item.keywords and gpus < 1:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "multigpu" in item.keywords and gpus < 2:
+            item.add_marker(pytest.mark.skip(reason="needs two or more CUDA GPUs"))

@@ -104,3 +104,18 @@ def test_a_recalibration_keeps_every_fitted_overhead():
     fresh = build_profile(groups(windows([0.9 * BURST] * 4)), INFO, cpu_plan(), "g", [])
     carry_over(fresh, build_profile(groups([]), INFO, cpu_plan(), "g", []))
     assert not any("overheads carried over" in n for n in fresh["notes"])  # nothing fitted
+
+
+def test_decode_attention_records_how_it_was_timed():
+    """Graphed on a GPU (as the executor's decode replays it), eager on the CPU."""
+    import dataclasses
+
+    sample = {"batch": 1, "context": 256, "q_heads": 4, "kv_heads": 2, "head_dim": 64,
+              "time_s": 1e-5}
+    g = groups(windows([0.95 * BURST] * 8))
+    g["decode_attention/4x2x64"] = {"kind": "decode_attention", "samples": [sample]}
+    cpu = build_profile(g, INFO, cpu_plan(), "t", [])
+    assert cpu["ops"]["decode_attention"]["timing"] == "eager"
+    gpu = build_profile(g, INFO, dataclasses.replace(cpu_plan(), device="cuda"), "t", [])
+    assert gpu["ops"]["decode_attention"]["timing"] == "graph"
+    assert validate_profile(gpu).ops.decode_attention.timing == "graph"

@@ -33,16 +33,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for item in items:
+    for item in items:  # (gpu and multigpu: tests/conftest.py)
         if "mpi" in item.keywords and not HAS_MPI:
             item.add_marker(pytest.mark.skip(reason="needs mpiexec and mpi4py (Open MPI)"))
-        if "gpu" in item.keywords and gpus < 1:
-            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "multigpu" in item.keywords and gpus < 2:
-            item.add_marker(pytest.mark.skip(reason="needs two CUDA GPUs"))
 
 
 @pytest.fixture

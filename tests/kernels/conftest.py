@@ -20,21 +20,6 @@ def _interpret_without_cuda(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run on the device machine)")
-    config.addinivalue_line("markers", "multigpu: needs two or more CUDA GPUs")
-
-
-def pytest_collection_modifyitems(config, items):
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
-    skip_multi = pytest.mark.skip(reason="needs two or more CUDA GPUs")
-    for item in items:
-        if "gpu" in item.keywords and not HAS_CUDA:
-            item.add_marker(skip_gpu)
-        if "multigpu" in item.keywords and torch.cuda.device_count() < 2:
-            item.add_marker(skip_multi)
-
-
 @pytest.fixture
 def device():
     """Where the CPU-sized tests run: the GPU if there is one, else the interpreter."""

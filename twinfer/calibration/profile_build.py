@@ -150,6 +150,8 @@ def build_profile(groups: dict[str, dict], info: dict, plan: SweepPlan, name: st
         section["kernels"] = fingerprint
     if "gemm" in ops:
         ops["gemm"]["dtype"] = plan.dtype
+    if "decode_attention" in ops:  # sweep_compute.decode_group: graphed on CUDA
+        ops["decode_attention"]["timing"] = "graph" if plan.device == "cuda" else "eager"
     return {
         "schema_version": SCHEMA_VERSION, "name": name,
         "source": "measured" if plan.device == "cuda" else "cpu-measured",

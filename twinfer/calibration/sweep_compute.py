@@ -7,7 +7,10 @@ decode kernel where this GPU's table says it wins, else ``F.linear``) against an
 weight, the fused SwiGLU activation, the project's
 paged split-KV decode (``twinfer.kernels.paged_flash_decode``), its causal varlen
 prefill (``prefill_attention``) and its fused norm/RoPE kernels, all with
-``backend="auto"`` (Triton on CUDA, the torch reference on CPU).
+``backend="auto"`` (Triton on CUDA, the torch reference on CPU). Decode attention is
+timed inside a CUDA graph, as the executor's decode steps run it (``measure_graphed``);
+the rest between events, one launch at a time (the executor's prefill runs eagerly, and
+the overheads fit absorbs what a graph replay saves on the decode GEMMs).
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ import torch.nn.functional as F
 
 from twinfer.calibration.plan import SweepPlan
 from twinfer.calibration.shapes import GemmShape, HeadShape
-from twinfer.calibration.timing import TimingConfig, cache_bytes, measure, rotations
+from twinfer.calibration.timing import (
+    TimingConfig,
+    cache_bytes,
+    measure,
+    measure_graphed,
+    rotations,
+)
 from twinfer.kernels.activation import silu_mul
 from twinfer.kernels.decode import paged_flash_decode
 from twinfer.kernels.gemv import linear
@@ -54,11 +63,16 @@ class Bench:
         """Enough independent input sets that successive reps miss the cache."""
         return [make() for _ in range(rotations(working_set_bytes, self.cache_bytes))]
 
-    def time(self, inputs: list[tuple], op: Callable[..., object]) -> float:
+    def time(self, inputs: list[tuple], op: Callable[..., object],
+             graphed: bool = False) -> float:
+        """Median seconds of ``op`` over the rotation copies ``inputs``; ``graphed``: as
+        a CUDA graph replays it back to back (``measure_graphed``), on CUDA."""
         def run(i: int) -> object:
             return op(*inputs[i % len(inputs)])
 
         with torch.inference_mode():
+            if graphed:
+                return measure_graphed(run, self.device, self.timing)
             return measure(run, self.device, self.timing)
 
     def randn(self, *shape: int) -> torch.Tensor:
@@ -109,7 +123,8 @@ def decode_group(bench: Bench, heads: HeadShape) -> list[dict]:
     def timed(batch: int, context: int) -> float:
         inputs = bench.copies(lambda b=batch, c=context: _decode_inputs(bench, heads, b, c),
                               kv_bytes_of(batch, context))
-        return bench.time(inputs, paged_flash_decode)
+        # the executor's decode replays CUDA graphs: time the kernel as they run it
+        return bench.time(inputs, paged_flash_decode, graphed=True)
 
     batches = bench.plan.decode_batches
     samples = [{"batch": batch, "context": context, "q_heads": heads.q_heads,

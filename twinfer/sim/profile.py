@@ -142,6 +142,10 @@ class GemmOp(_OpSamples):
 
 
 class DecodeAttentionOp(_OpSamples):
+    timing: Literal["eager", "graph"] | None = Field(
+        None, description="how the samples were timed: 'graph', back to back inside a CUDA "
+        "graph as the executor's decode replays the kernel; 'eager', one launch between "
+        "two events (CPU: wall clock); None: not recorded (eager)")
     samples: list[DecodeAttentionSample] = Field(default_factory=list)
 
 
