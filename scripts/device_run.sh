@@ -97,6 +97,11 @@ first_prefills() {
     timeout -k 2 $(( $(left) > 44 ? 40 : $(left) - 4 )) python3 -m twinfer.exec /tmp/first.yaml \
       --device cuda --arrivals batch --out /tmp/res/first-$i.json 2>&1 \
       | grep -i "ttft\|error\|failed" | head -3
+    python3 -c "
+import json, sys
+h = json.load(open(sys.argv[1]))['steps'][0]['host']
+print('first step host:', {k: (round(v * 1e3, 2) if isinstance(v, float) else v)
+                           for k, v in h.items()})" /tmp/res/first-$i.json 2>&1 | tail -1
   done
 }
 

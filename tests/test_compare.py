@@ -171,3 +171,18 @@ def test_targets_table_says_which_targets_each_device_meets():
     assert lines[4].startswith("| all | 3 | 4.0% / 30.0% | 2.0% / 5.0% |")
     assert targets_table(rows[:1])[2].endswith("| all four |")  # one device: no "all" row
     assert len(targets_table(rows[:1])) == 3
+
+
+def test_measured_steps_that_compiled_kernels_are_noted():
+    """Steps whose host compiled Triton kernels (``host.jit_compiles``) are named, with
+    the kernels and the time; runs that record none, or none compiled, get no note."""
+    doc = _results_as_predicted()
+    assert compare(doc).notes == ()
+    for step in doc["steps"]:
+        step["host"] = {"jit_s": 0.0, "jit_compiles": 0}
+    assert compare(doc).notes == ()
+    doc["steps"][0]["host"] = {"jit_s": 0.128, "jit_compiles": 2,
+                               "jit_kernels": ["_rope_kernel", "_prefill_kernel"]}
+    (note,) = compare(doc).notes
+    assert note.startswith("1 measured step(s) compiled Triton kernels (128.0 ms")
+    assert "prefill step 0" in note and "_prefill_kernel, _rope_kernel" in note

@@ -114,7 +114,7 @@ def compare(doc: dict, profile: Profile | None = None, source: str = "") -> Comp
         requests=workload.requests, prompt_tokens=_length(workload.prompt_tokens),
         output_tokens=_length(workload.output_tokens),
         profile=f"{profile.name} ({profile.source})", measured=measured, predicted=predicted,
-        notes=executor_notes(doc, profile) + kernel_notes(doc, profile))
+        notes=executor_notes(doc, profile) + kernel_notes(doc, profile) + jit_notes(doc))
 
 
 def kernel_notes(doc: dict, profile: Profile) -> tuple[str, ...]:
@@ -131,6 +131,23 @@ def kernel_notes(doc: dict, profile: Profile) -> tuple[str, ...]:
     return (f"{profile.name}'s {', '.join(stale)} samples were taken with another build "
             f"of the kernels than this run's ({ran}): re-sweep them (twinfer calibrate "
             f"--ops {','.join(stale)}) for a fair comparison",)
+
+
+def jit_notes(doc: dict) -> tuple[str, ...]:
+    """A note when measured steps compiled Triton kernels (``host.jit_compiles``): the
+    warm-up missed a specialization, and the compiler's host time is in those steps,
+    which no cost model prices. Nothing where the results do not record it."""
+    hit = [(step, host) for step in doc.get("steps", [])
+           if (host := step.get("host") or {}).get("jit_compiles")]
+    if not hit:
+        return ()
+    kernels = sorted({k for _, host in hit for k in host.get("jit_kernels", [])})
+    seconds = sum(host.get("jit_s", 0.0) for _, host in hit)
+    where = ", ".join(f"{step.get('phase')} step {step.get('step')}" for step, _ in hit[:4])
+    return (f"{len(hit)} measured step(s) compiled Triton kernels ({seconds * 1e3:.1f} ms "
+            f"of host time; {where}{', ...' if len(hit) > 4 else ''}): "
+            f"{', '.join(kernels) or 'unnamed'}. The warm-up did not use their "
+            "specializations; those steps are slower than any kernel sweep says",)
 
 
 def executor_notes(doc: dict, profile: Profile) -> tuple[str, ...]:

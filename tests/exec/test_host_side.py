@@ -130,3 +130,59 @@ def test_the_steal_clock_reads_the_bound_cpu(tmp_path, monkeypatch):
     assert StealClock().read() == 40 * clock.tick_s
     monkeypatch.setattr(StealClock, "STAT", tmp_path / "missing")
     assert StealClock().read() is None
+
+
+def test_the_jit_clock_counts_triton_compiles_and_keeps_earlier_hooks():
+    """Triton calls ``knobs.runtime.jit_cache_hook`` before compiling a specialization
+    and ``jit_post_compile_hook`` after; the clock times what lies between, names the
+    kernel, passes both calls on to hooks set before it, and puts them back."""
+    from types import SimpleNamespace
+
+    knobs = pytest.importorskip("triton").knobs
+    from twinfer.exec.engine import JitClock
+
+    seen = []
+    knobs.runtime.jit_cache_hook = lambda **kw: seen.append("before") or None
+    knobs.runtime.jit_post_compile_hook = lambda **kw: seen.append("after")
+    before, after = knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook
+    try:
+        with JitClock() as clock:
+            assert clock.delta() == {"jit_s": 0.0, "jit_compiles": 0}
+            for name in ("_prefill_kernel", "_rope_kernel"):
+                assert knobs.runtime.jit_cache_hook(key=name, repr=name) is None
+                knobs.runtime.jit_post_compile_hook(key=name, fn=SimpleNamespace(name=name))
+            got = clock.delta()
+            assert got["jit_compiles"] == 2 and got["jit_s"] >= 0
+            assert got["jit_kernels"] == ["_prefill_kernel", "_rope_kernel"]
+            assert clock.delta() == {"jit_s": 0.0, "jit_compiles": 0}
+        assert seen == ["before", "after"] * 2
+        assert knobs.runtime.jit_cache_hook is before
+        assert knobs.runtime.jit_post_compile_hook is after
+    finally:
+        knobs.runtime.jit_cache_hook = knobs.runtime.jit_post_compile_hook = None
+
+
+@pytest.mark.gpu
+def test_the_jit_clock_sees_a_real_compile():
+    """A specialization first used inside the clock is counted, a second launch is not."""
+    import triton
+    import triton.language as tl
+
+    from twinfer.exec.engine import JitClock
+
+    @triton.jit
+    def fill(out, value, N: tl.constexpr):
+        tl.store(out + tl.arange(0, N), tl.full((N,), value, tl.float32))
+
+    out = torch.zeros(64, device="cuda")
+    with JitClock() as clock:
+        fill[(1,)](out, 3.0, N=64)
+        torch.cuda.synchronize()
+        first = clock.delta()
+        fill[(1,)](out, 4.0, N=64)
+        torch.cuda.synchronize()
+        second = clock.delta()
+    assert first["jit_compiles"] == 1 and first["jit_s"] > 0
+    assert first["jit_kernels"][0].endswith("fill")  # the qualified name
+    assert second["jit_compiles"] == 0
+    assert out[0].item() == 4.0

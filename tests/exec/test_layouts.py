@@ -47,7 +47,9 @@ def test_layout_matches_single_process_reference(name, exec_run, check_reference
                 assert rec["host_s"] <= step["wall_s"]
         host = step["host"]  # the driver's host time, split
         assert set(host) - {"steal_s"} == {"plan_s", "launch_s", "launch_cpu_s", "sample_s",
-                                           "complete_s", "gc_s", "gc_collections", "gc_full"}
+                                           "complete_s", "gc_s", "gc_collections", "gc_full",
+                                           "jit_s", "jit_compiles"}
+        assert host["jit_compiles"] == 0  # the CPU runs torch's ops, no Triton
         assert ("steal_s" in host) == (step["phase"] == "prefill")
         host = {k: v for k, v in host.items() if v is not None}  # steal_s: None off Linux
         assert host["launch_cpu_s"] <= host["launch_s"] + 1e-3

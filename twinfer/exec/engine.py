@@ -173,6 +173,70 @@ class GcClock:
         self.close()
 
 
+class JitClock:
+    """Triton kernel specializations compiled in this process (or loaded from Triton's
+    disk cache: the first use of a specialization in a process either way), with the
+    host time they took, as deltas between reads (through ``triton.knobs.runtime``'s
+    ``jit_cache_hook``, called before such a compile, and ``jit_post_compile_hook``,
+    after; hooks already set are kept and called). Triton compiles on the launching
+    thread: a measured step that uses a specialization the warm-up did not spends the
+    compiler's 0.1-1 s of host time in its launch. Results record it per step
+    (``host.jit_s``, ``jit_compiles`` and, when any, ``jit_kernels``). Without Triton
+    (or with a Triton lacking the hooks) the clock reads zero."""
+
+    def __init__(self) -> None:
+        self.seconds, self.kernels = 0.0, []
+        self._start: float | None = None
+        self._last = (0.0, 0)
+        try:
+            from triton import knobs
+
+            self._runtime = knobs.runtime
+            self._before_was = self._runtime.jit_cache_hook
+            self._after_was = self._runtime.jit_post_compile_hook
+        except (ImportError, AttributeError):
+            self._runtime = None
+            return
+        self._runtime.jit_cache_hook = self._before
+        self._runtime.jit_post_compile_hook = self._after
+
+    def _before(self, *args: object, **kwargs: object) -> bool | None:
+        self._start = time.perf_counter()
+        # a true return tells Triton to skip the compile: only an earlier hook may say so
+        return self._before_was(*args, **kwargs) if self._before_was else None
+
+    def _after(self, *args: object, **kwargs: object) -> object:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+        fn = kwargs.get("fn")
+        self.kernels.append(str(getattr(fn, "name", fn)))
+        return self._after_was(*args, **kwargs) if self._after_was else None
+
+    def delta(self) -> dict[str, object]:
+        last, self._last = self._last, (self.seconds, len(self.kernels))
+        out: dict[str, object] = {"jit_s": self.seconds - last[0],
+                                  "jit_compiles": len(self.kernels) - last[1]}
+        if out["jit_compiles"]:
+            out["jit_kernels"] = self.kernels[last[1]:]
+        return out
+
+    def close(self) -> None:
+        runtime, self._runtime = self._runtime, None
+        if runtime is None:
+            return
+        if runtime.jit_cache_hook == self._before:
+            runtime.jit_cache_hook = self._before_was
+        if runtime.jit_post_compile_hook == self._after:
+            runtime.jit_post_compile_hook = self._after_was
+
+    def __enter__(self) -> JitClock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class StealClock:
     """Time the hypervisor took from this rank's CPU (``/proc/stat``'s steal column, in
     clock ticks of 10 ms) as read around a step. On the device machines (KVM guests)
@@ -398,7 +462,7 @@ class Engine:
         inflight: deque = deque()
         allocator = AllocatorCounters(self.runner.device)
         steal = StealClock()
-        with GcClock() as collector:
+        with GcClock() as collector, JitClock() as compiler:
             t0 = time.perf_counter()
             while True:
                 now = time.perf_counter() - t0 if opts.wall_clock_arrivals else float("inf")
@@ -444,7 +508,7 @@ class Engine:
                              "launch_cpu_s": c_sample - c_step,
                              "sample_s": sample_s,
                              "complete_s": time.perf_counter() - t0 - end,
-                             **collector.delta()},
+                             **collector.delta(), **compiler.delta()},
                 })
                 if plan.phase == "prefill":
                     report.steps[-1]["allocator"] = allocator.delta()
