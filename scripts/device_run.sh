@@ -434,8 +434,13 @@ resweep7)
   # heuristic), the TP=1 overhead runs and matrix against the re-swept profile, two
   # fresh first prefills (GC and steal records), batch 1-64 TPOT against the roofline
   shipped_profile
-  gpu_tests 150 tests/kernels/test_decode.py tests/calibration/test_timing.py \
-    tests/exec/test_gpu.py tests/exec/test_host_side.py
+  # this session's new GPU tests first, not blocking (their log: tests-new.log)
+  timeout -k 5 60 python3 -m pytest -q -m gpu tests/calibration/test_timing.py \
+    tests/exec/test_host_side.py -k "graphed or jit_clock" -p no:cacheprovider -rfE \
+    --tb=short > "$OUT/tests-new.log" 2>&1; tail -2 "$OUT/tests-new.log"
+  gpu_tests 150 tests/kernels/test_decode.py tests/exec/test_gpu.py \
+    tests/exec/test_host_side.py --deselect \
+    tests/exec/test_host_side.py::test_the_jit_clock_sees_a_real_compile
   {
     log "calibrate --ops decode_attention -> $name"
     timeout -k 5 240 python3 -m twinfer.cli calibrate --ops decode_attention \
