@@ -7,7 +7,10 @@ without any error (the fifth session found the shipped H100 decode-attention sam
 fingerprint per op section and the executor's results record it too, so that
 `twinfer compare` can say when the two differ. The hash is over each module's syntax
 tree without docstrings (comments and formatting do not count) and the GEMV table's
-bytes. Standard library only, outside the kernels package (whose import loads torch and
+bytes. The tree is written out without the fields a node leaves empty, so that the
+same code hashes the same under every Python (``ast.dump`` differs: 3.12 added an
+empty ``type_params`` to each function, 3.13 omits empty fields; the device machines
+run 3.12). Standard library only, outside the kernels package (whose import loads torch and
 Triton), so the twin can check a profile without them.
 """
 
@@ -32,7 +35,19 @@ def _code(source: str) -> str:
                 and isinstance(body[0].value, ast.Constant)
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, include_attributes=False)
+    return _canonical(tree)
+
+
+def _canonical(node: object) -> str:
+    """``node`` as text: each syntax node's type and its non-empty fields, recursively
+    (fields a newer Python added are empty on code that does not use them)."""
+    if isinstance(node, ast.AST):
+        fields = ", ".join(f"{name}={_canonical(value)}" for name, value in ast.iter_fields(node)
+                           if value is not None and value != [])
+        return f"{type(node).__name__}({fields})"
+    if isinstance(node, list):
+        return f"[{', '.join(_canonical(item) for item in node)}]"
+    return repr(node)
 
 
 @functools.cache
