@@ -427,6 +427,25 @@ refresh6)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
+resweep7s)
+  # resweep7 in about five minutes (what a session's last device minutes allow): the
+  # new GPU tests and the decode/engine GPU tests, decode attention re-swept into this
+  # GPU type's profile, the TP=1 overhead runs and matrix against it, one fresh first
+  # prefill
+  shipped_profile
+  timeout -k 5 40 python3 -m pytest -q -m gpu tests/calibration/test_timing.py \
+    tests/exec/test_host_side.py -k "graphed or jit_clock" -p no:cacheprovider -rfE \
+    --tb=short > "$OUT/tests-new.log" 2>&1; tail -2 "$OUT/tests-new.log"
+  gpu_tests 90 tests/kernels/test_decode.py tests/exec/test_gpu.py
+  {
+    log "calibrate --ops decode_attention -> $name"
+    timeout -k 5 100 python3 -m twinfer.cli calibrate --ops decode_attention \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -4
+    tp1_campaign 20
+    first_prefills 1
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+  ;;
 resweep7)
   # one GPU, sixth session (split heuristic: about 32 KV splits at batch 1 and 32K): the
   # decode kernels' and executor's GPU tests, decode attention re-swept into this GPU
