@@ -428,21 +428,23 @@ refresh6)
   } >> "$OUT/run.log" 2>&1
   ;;
 resweep7s)
-  # resweep7 in about five minutes (what a session's last device minutes allow): the
-  # new GPU tests and the decode/engine GPU tests, decode attention re-swept into this
-  # GPU type's profile, the TP=1 overhead runs and matrix against it, one fresh first
-  # prefill
+  # resweep7 in what a session's last device minutes allow: (with a budget of 240 s or
+  # more) the new GPU tests and the decode/engine GPU tests, then decode attention
+  # re-swept into this GPU type's profile, the TP=1 overhead runs and matrix against it
+  # (as many points as the budget holds), one fresh first prefill if time is left
   shipped_profile
-  timeout -k 5 40 python3 -m pytest -q -m gpu tests/calibration/test_timing.py \
-    tests/exec/test_host_side.py -k "graphed or jit_clock" -p no:cacheprovider -rfE \
-    --tb=short > "$OUT/tests-new.log" 2>&1; tail -2 "$OUT/tests-new.log"
-  gpu_tests 90 tests/kernels/test_decode.py tests/exec/test_gpu.py
+  if [ "$budget_s" -ge 240 ]; then
+    timeout -k 5 40 python3 -m pytest -q -m gpu tests/calibration/test_timing.py \
+      tests/exec/test_host_side.py -k "graphed or jit_clock" -p no:cacheprovider -rfE \
+      --tb=short > "$OUT/tests-new.log" 2>&1; tail -2 "$OUT/tests-new.log"
+    gpu_tests 90 tests/kernels/test_decode.py tests/exec/test_gpu.py
+  fi
   {
     log "calibrate --ops decode_attention -> $name"
-    timeout -k 5 100 python3 -m twinfer.cli calibrate --ops decode_attention \
+    timeout -k 5 90 python3 -m twinfer.cli calibrate --ops decode_attention \
       --out "$camp/profiles/$name.json" 2>&1 | tail -4
-    tp1_campaign 20
-    first_prefills 1
+    tp1_campaign 8
+    [ $(left) -gt 20 ] && first_prefills 1
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
