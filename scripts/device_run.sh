@@ -80,6 +80,13 @@ gpu_tests() {
   echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
   [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
 }
+# the sixth session's new GPU tests (graphed timing, the JIT clock) into
+# $OUT/tests-new.log, at most $1 s; not blocking
+new_gpu_tests() {
+  timeout -k 5 "$1" python3 -m pytest -q -m gpu tests/calibration/test_timing.py \
+    tests/exec/test_host_side.py -k "graphed or jit_clock" -p no:cacheprovider -rfE \
+    --tb=short > "$OUT/tests-new.log" 2>&1; tail -2 "$OUT/tests-new.log"
+}
 # the TP=1 overhead runs and matrix into $OUT/campaign.tgz, leaving $1 s of the budget
 tp1_campaign() {
   log "campaign tp1 (overheads + matrix)"
@@ -434,9 +441,7 @@ resweep7s)
   # (as many points as the budget holds), one fresh first prefill if time is left
   shipped_profile
   if [ "$budget_s" -ge 240 ]; then
-    timeout -k 5 40 python3 -m pytest -q -m gpu tests/calibration/test_timing.py \
-      tests/exec/test_host_side.py -k "graphed or jit_clock" -p no:cacheprovider -rfE \
-      --tb=short > "$OUT/tests-new.log" 2>&1; tail -2 "$OUT/tests-new.log"
+    new_gpu_tests 40
     gpu_tests 90 tests/kernels/test_decode.py tests/exec/test_gpu.py
   fi
   {
@@ -455,10 +460,7 @@ resweep7)
   # heuristic), the TP=1 overhead runs and matrix against the re-swept profile, two
   # fresh first prefills (GC and steal records), batch 1-64 TPOT against the roofline
   shipped_profile
-  # this session's new GPU tests first, not blocking (their log: tests-new.log)
-  timeout -k 5 60 python3 -m pytest -q -m gpu tests/calibration/test_timing.py \
-    tests/exec/test_host_side.py -k "graphed or jit_clock" -p no:cacheprovider -rfE \
-    --tb=short > "$OUT/tests-new.log" 2>&1; tail -2 "$OUT/tests-new.log"
+  new_gpu_tests 60  # first: they do not block the campaign
   gpu_tests 150 tests/kernels/test_decode.py tests/exec/test_gpu.py \
     tests/exec/test_host_side.py --deselect \
     tests/exec/test_host_side.py::test_the_jit_clock_sees_a_real_compile
@@ -480,27 +482,20 @@ resweep7)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
-campaign5|resweep6)
-  # one GPU: the executor's GPU tests, then (resweep6) decode attention re-swept into
-  # this GPU type's profile (the shipped samples predate today's kernel: 22.5 us at 4K,
-  # batch 1, on the H100 where today's sweep gives 19.4; docs/VALIDATION.md), then the
-  # TP=1 overhead runs and matrix with the default executor against that profile, and
-  # two fresh first prefills. After resweep6, ship campaign/profiles/<name>.json (its
-  # ops.decode_attention.kernels records the kernels' fingerprint)
+campaign5)
+  # one GPU: the executor's GPU tests, then the TP=1 overhead runs and matrix with the
+  # default executor against the shipped profile, and two fresh first prefills
+  # (resweep7 does the same after re-sweeping decode attention)
   shipped_profile
   gpu_tests 120 tests/exec/test_gpu.py tests/exec/test_host_side.py
   {
-    if [ "$mode" = resweep6 ]; then
-      log "calibrate --ops decode_attention -> $name"
-      timeout -k 5 240 python3 -m twinfer.cli calibrate --ops decode_attention \
-        --out "$camp/profiles/$name.json" 2>&1 | tail -4
-    fi
     tp1_campaign 30
     first_prefills 2
     tar czf "$OUT/results.tgz" -C /tmp res
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
+
 eagerwarm)
   # one GPU, fresh machine: the TP=1 overhead run without CUDA graphs (4 requests, 32
   # layers) twice, then the TP=1 b1 c512 point twice: does the eager decode warm-up keep
