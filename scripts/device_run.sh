@@ -80,12 +80,13 @@ gpu_tests() {
   echo "exit $code" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
   [ $code -eq 0 ] || { log "tests failed: no campaign" | tee -a "$OUT/run.log"; exit 1; }
 }
-# the sixth session's new GPU tests (graphed timing, the JIT clock) into
-# $OUT/tests-new.log, at most $1 s; not blocking
+# the sixth and seventh sessions' new GPU tests (graphed timing of every compute sweep,
+# the JIT clock) into $OUT/tests-new.log, at most $1 s; not blocking
 new_gpu_tests() {
   timeout -k 5 "$1" python3 -m pytest -q -m gpu tests/calibration/test_timing.py \
-    tests/exec/test_host_side.py -k "graphed or jit_clock" -p no:cacheprovider -rfE \
-    --tb=short > "$OUT/tests-new.log" 2>&1; tail -2 "$OUT/tests-new.log"
+    tests/exec/test_host_side.py::test_the_jit_clock_sees_a_real_compile \
+    -p no:cacheprovider -rfE --tb=short > "$OUT/tests-new.log" 2>&1
+  tail -2 "$OUT/tests-new.log"
 }
 # the TP=1 overhead runs and matrix into $OUT/campaign.tgz, leaving $1 s of the budget
 tp1_campaign() {
@@ -450,6 +451,34 @@ resweep7s)
       --out "$camp/profiles/$name.json" 2>&1 | tail -4
     tp1_campaign 8
     [ $(left) -gt 20 ] && first_prefills 1
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+  ;;
+resweep8)
+  # one GPU, seventh session (every compute sweep timed back to back in a CUDA graph):
+  # the new GPU tests (not blocking), the decode kernels' and executor's GPU tests, GEMM,
+  # attention and element-wise re-swept into this GPU type's profile, decode attention as
+  # swept and in situ, the TP=1 overhead runs and matrix against the re-swept profile,
+  # two fresh first prefills, batch 1-64 TPOT against the roofline
+  shipped_profile
+  new_gpu_tests 60
+  gpu_tests 120 tests/kernels/test_decode.py tests/exec/test_gpu.py
+  {
+    log "calibrate --ops gemm,decode_attention,prefill_attention,elementwise -> $name"
+    timeout -k 5 240 python3 -m twinfer.cli calibrate \
+      --ops gemm,decode_attention,prefill_attention,elementwise \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -6
+    log "decode attention: sweep vs in situ"
+    timeout -k 5 60 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
+      2>&1 | tail -12
+    tp1_campaign 60
+    first_prefills 2
+    if [ $(left) -gt 40 ]; then
+      log "bench --part ours (roofline)"
+      timeout -k 5 $(( $(left) - 10 )) python3 -m twinfer.exec.bench --part ours \
+        --batches 1 16 64 --contexts 512 4096 --out /tmp/res/bench-ours.json 2>&1 | tail -9
+    fi
+    tar czf "$OUT/results.tgz" -C /tmp res
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;

@@ -106,8 +106,9 @@ def test_a_recalibration_keeps_every_fitted_overhead():
     assert not any("overheads carried over" in n for n in fresh["notes"])  # nothing fitted
 
 
-def test_decode_attention_records_how_it_was_timed():
-    """Graphed on a GPU (as the executor's decode replays it), eager on the CPU."""
+def test_every_op_section_records_how_it_was_timed():
+    """Graphed on a GPU (as the executor runs its kernels back to back), eager on the
+    CPU."""
     import dataclasses
 
     sample = {"batch": 1, "context": 256, "q_heads": 4, "kv_heads": 2, "head_dim": 64,
@@ -118,4 +119,7 @@ def test_decode_attention_records_how_it_was_timed():
     assert cpu["ops"]["decode_attention"]["timing"] == "eager"
     gpu = build_profile(g, INFO, dataclasses.replace(cpu_plan(), device="cuda"), "t", [])
     assert gpu["ops"]["decode_attention"]["timing"] == "graph"
-    assert validate_profile(gpu).ops.decode_attention.timing == "graph"
+    checked = validate_profile(gpu).ops
+    assert checked.decode_attention.timing == "graph"
+    swept = [kind for kind in ("gemm", "prefill_attention", "elementwise") if kind in gpu["ops"]]
+    assert swept and all(getattr(checked, kind).timing == "graph" for kind in swept)

@@ -146,12 +146,11 @@ def build_profile(groups: dict[str, dict], info: dict, plan: SweepPlan, name: st
     if samples["elementwise"]:
         ops["elementwise"] = {"samples": elementwise_curve(samples["elementwise"])}
     fingerprint = kernels_fingerprint()
-    for section in ops.values():  # which build of the kernels these samples describe
-        section["kernels"] = fingerprint
+    for section in ops.values():  # which build of the kernels these samples describe,
+        section["kernels"] = fingerprint  # timed how (sweep_compute: graphed on CUDA)
+        section["timing"] = "graph" if plan.device == "cuda" else "eager"
     if "gemm" in ops:
         ops["gemm"]["dtype"] = plan.dtype
-    if "decode_attention" in ops:  # sweep_compute.decode_group: graphed on CUDA
-        ops["decode_attention"]["timing"] = "graph" if plan.device == "cuda" else "eager"
     return {
         "schema_version": SCHEMA_VERSION, "name": name,
         "source": "measured" if plan.device == "cuda" else "cpu-measured",

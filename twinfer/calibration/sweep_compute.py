@@ -7,10 +7,13 @@ decode kernel where this GPU's table says it wins, else ``F.linear``) against an
 weight, the fused SwiGLU activation, the project's
 paged split-KV decode (``twinfer.kernels.paged_flash_decode``), its causal varlen
 prefill (``prefill_attention``) and its fused norm/RoPE kernels, all with
-``backend="auto"`` (Triton on CUDA, the torch reference on CPU). Decode attention is
-timed inside a CUDA graph, as the executor's decode steps run it (``measure_graphed``);
-the rest between events, one launch at a time (the executor's prefill runs eagerly, and
-the overheads fit absorbs what a graph replay saves on the decode GEMMs).
+``backend="auto"`` (Triton on CUDA, the torch reference on CPU). Each kernel is timed
+back to back inside a CUDA graph (``measure_graphed``; one of 1 ms or more between
+events): the executor's decode steps replay graphs, and its prefill, once the GPU is
+behind the host, runs queued kernels without a gap between them either. Until the
+seventh session only decode attention was, and the rest was timed one launch between
+two events: a few microseconds per kernel too much, which the fitted overheads absorbed
+for decode (a negative ``per_layer_s``) and nothing did for prefill.
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ def gemm_group(bench: Bench, shape: GemmShape) -> list[dict]:
             continue
         inputs = bench.copies(lambda m=m: (bench.randn(m, shape.k),
                                            bench.randn(shape.n, shape.k)), ws)
-        t = bench.time(inputs, linear)  # the executor's: the skinny kernel where it wins
+        t = bench.time(inputs, linear, graphed=True)  # the executor's: the skinny
+        # kernel where it wins
         samples.append({"m": m, "n": shape.n, "k": shape.k, "time_s": t})
         del inputs
     return samples
@@ -175,7 +179,7 @@ def prefill_group(bench: Bench, heads: HeadShape) -> list[dict]:
             return prefill_attention(q, k, v, cu, max_seqlen=n)
 
         inputs = bench.copies(make, qkv_bytes * bench.elem_bytes)
-        t = bench.time(inputs, op)
+        t = bench.time(inputs, op, graphed=True)
         samples.append({"tokens": tokens, "q_heads": heads.q_heads, "kv_heads": heads.kv_heads,
                         "head_dim": heads.head_dim, "time_s": t})
         del inputs
@@ -233,7 +237,7 @@ def elementwise_group(bench: Bench, op: str) -> list[dict]:
         if not bench.fits(2 * nbytes):
             continue
         inputs = bench.copies(make, nbytes)
-        t = bench.time(inputs, fn)
+        t = bench.time(inputs, fn, graphed=True)
         samples.append({"op": op, "bytes": int(nbytes), "time_s": t})
         del inputs
     return samples

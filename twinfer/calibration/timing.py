@@ -11,10 +11,16 @@ reads weights and KV from DRAM/HBM every step. ``rotations`` gives the number of
 input copies to cycle through so that successive repetitions touch different memory
 (as ``triton.testing.do_bench`` flushes L2 for the same reason).
 
-``measure_graphed`` times an operation as a CUDA graph replays it: the executor's
-decode steps are graph replays, in which back-to-back kernels start without the gap an
-eager launch between two events leaves (decode attention on an H100 at batch 1 and 4K:
-19.3 us timed eagerly, 16.5 us per layer in a 32-layer graph; docs/BENCHMARKS.md).
+``measure_graphed`` times an operation as it runs back to back with others: inside a
+CUDA graph, as the executor's decode steps replay it, in which kernels start without
+the gap an eager launch between two events leaves (decode attention on an H100 at batch
+1 and 4K: 19.3 us timed eagerly, 16.5 us per layer in a 32-layer graph;
+docs/BENCHMARKS.md). The executor's prefill runs eagerly but, once its kernels outlast
+their launches, the GPU works through a queue of them, again without that gap: summed
+event-timed kernels overstated a 512-token prefill on an H100 by 0.77 ms of 12.48
+(docs/VALIDATION.md). An operation of ``GRAPH_BELOW_S`` or more is timed between events
+instead, where a few microseconds of gap are under 0.3% and 32 captured launches would
+only hold memory.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+GRAPH_BELOW_S = 1e-3  # measure_graphed times longer operations between events
 SPIN_CYCLES = 8_000_000  # ~4 ms at a 2 GHz GPU clock: room to enqueue 50 repetitions
 MAX_ROTATIONS = 32
 
@@ -109,11 +116,12 @@ def measure(run: Callable[[int], object], device: torch.device, cfg: TimingConfi
 
 
 def measure_graphed(run: Callable[[int], object], device: torch.device, cfg: TimingConfig,
-                    launches: int = MAX_ROTATIONS) -> float:
+                    launches: int = MAX_ROTATIONS, eager_from_s: float = GRAPH_BELOW_S) -> float:
     """Median time in seconds of one ``run(i)`` inside a CUDA graph: ``launches`` calls
     (i = 0 .. launches - 1, so that the graph cycles through up to that many rotation
     copies) are captured once, the graph is replayed as ``measure`` times one call, and
-    its time is divided by ``launches``. Off CUDA, ``measure``."""
+    its time is divided by ``launches``. Off CUDA, or where one call between events
+    takes ``eager_from_s`` or more, ``measure``."""
     if device.type != "cuda":
         return measure(run, device, cfg)
     side = torch.cuda.Stream(device)  # warm up (compile, lazy buffers) off the capture
@@ -123,6 +131,8 @@ def measure_graphed(run: Callable[[int], object], device: torch.device, cfg: Tim
             run(i)
     torch.cuda.current_stream(device).wait_stream(side)
     sync(device)
+    if min(_time_cuda(run, 1)[0] for _ in range(2)) >= eager_from_s:
+        return measure(run, device, cfg)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for i in range(launches):

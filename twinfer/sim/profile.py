@@ -129,11 +129,16 @@ class ElementwiseSample(_Strict):
 
 class _OpSamples(_Strict):
     """What every op section has besides its samples: the build of the kernels that
-    took them."""
+    took them and how they were timed."""
 
     kernels: str | None = Field(None, description="the kernels' code fingerprint when "
                                 "these samples were taken (twinfer.fingerprint); None: not "
                                 "recorded")
+    timing: Literal["eager", "graph"] | None = Field(
+        None, description="how the samples were timed: 'graph', back to back inside a CUDA "
+        "graph (a sample of 1 ms or more between events, where the launch gap is under "
+        "0.3%); 'eager', one launch between two events (CPU: wall clock); None: not "
+        "recorded (eager)")
 
 
 class GemmOp(_OpSamples):
@@ -142,10 +147,6 @@ class GemmOp(_OpSamples):
 
 
 class DecodeAttentionOp(_OpSamples):
-    timing: Literal["eager", "graph"] | None = Field(
-        None, description="how the samples were timed: 'graph', back to back inside a CUDA "
-        "graph as the executor's decode replays the kernel; 'eager', one launch between "
-        "two events (CPU: wall clock); None: not recorded (eager)")
     samples: list[DecodeAttentionSample] = Field(default_factory=list)
 
 
