@@ -97,3 +97,19 @@ def test_sequences_compare_by_identity():
     b = Sequence(rid=0, arrival_s=0.0, prompt=[1, 2, 3], max_new=4)
     assert a != b
     assert a in [a] and b not in [a]
+
+
+def test_a_prompt_over_scattered_pages_gets_each_positions_own_slot():
+    """Pages freed out of order leave a prompt non-contiguous: every position's slot is
+    its page's start plus its row (``slot_of``), however many pages it spans."""
+    from twinfer.exec.kv_cache import slot_of
+
+    alloc = BlockAllocator(16)
+    held = alloc.allocate(16)
+    alloc.release([held[i] for i in (9, 2, 14, 7, 4, 0, 11, 5)])  # a scattered free list
+    sched = Scheduler([seq(0, 17, 1)], cfg(max_prefill_tokens=64, max_blocks=8), alloc)
+    plan = sched.next_plan(0.0)
+    assert plan is not None and plan.phase == "prefill"
+    blocks = sched.seqs[0].blocks
+    assert len(blocks) == 5 and blocks != sorted(blocks)
+    assert plan.slots.tolist() == [slot_of(blocks, p, 4) for p in range(17)]

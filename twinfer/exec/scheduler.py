@@ -205,9 +205,13 @@ class Scheduler:
                     seq_lens=np.array([s.context for s in seqs], dtype=np.int32))
 
     def _slots(self, seq: Sequence, start: int, stop: int) -> np.ndarray:
+        """KV slots of positions ``start .. stop - 1`` (``slot_of`` over an array: a
+        Python loop per token cost 4-6 ms of host time before a 32K prompt's prefill)."""
         ps = self.cfg.page_size
-        return np.array([slot_of(seq.blocks, p, ps) for p in range(start, stop)],
-                        dtype=np.int64)
+        if stop - start == 1:
+            return np.array([slot_of(seq.blocks, start, ps)], dtype=np.int64)
+        pos = np.arange(start, stop, dtype=np.int64)
+        return np.asarray(seq.blocks, dtype=np.int64)[pos // ps] * ps + pos % ps
 
     def _preempt(self, seq: Sequence) -> None:
         """Recompute preemption: free the pages, requeue at the front."""
