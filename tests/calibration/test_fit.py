@@ -206,6 +206,37 @@ def test_eager_runs_fit_the_host_floor_of_eager_steps(monkeypatch):
     assert ov.fit_overheads(docs[1:], load_profile("h200-sxm")).eager is None
 
 
+def test_the_tail_after_the_last_launch_is_not_fitted_into_the_step_terms(monkeypatch):
+    """A host-paced step ends its tail (the LM head, launched last) after the host's
+    last launch: the fits take it out, so that ``prefill_step_s`` is what a kernel-bound
+    prefill pays too and ``eager_layer_s`` is the host's alone."""
+    import twinfer.calibration.overheads as ov
+    from twinfer.calibration.replay import StepReplay
+    from twinfer.sim.profile import load_profile
+
+    tail, step_s, prefill_s = 0.3e-3, 200e-6, 0.4e-3
+    graph = [StepReplay("decode", 4, 4, k + step_s, k, k, layers, 1, 1)
+             for layers in (8, 32) for k in (2e-3, 3e-3)]
+    # one-GPU prefills: host-paced (floor 0.8 ms + 0.35 ms per layer, kernels under it)
+    # and one kernel-bound 512-token prompt
+    floor = {layers: 0.8e-3 + 0.35e-3 * layers for layers in (8, 32)}
+    host_paced = [[StepReplay("prefill", 1, 256, floor[layers] + tail + prefill_s, 0,
+                              0.6 * floor[layers], layers, 1, 1, host_s=floor[layers],
+                              tail_s=tail)] for layers in (8, 32)]
+    graph += [StepReplay("prefill", 1, 512, 14e-3 + prefill_s, 0, 14e-3, 32, 1, 1,
+                         host_s=floor[32], tail_s=tail)]
+    eager = [StepReplay("decode", 4, 4, 32 * 0.3e-3 + tail + step_s, 0, 4e-3, 32, 1, 1,
+                        tail_s=tail) for _ in range(2)]
+    docs = [{"rows": rows, "summary": {"cuda_graphs": True}, "ranks": []}
+            for rows in [graph, *host_paced]]
+    docs += [{"rows": eager, "summary": {"cuda_graphs": False}, "ranks": []}]
+    monkeypatch.setattr(ov, "replay", lambda doc, profile: doc["rows"])
+    fit = ov.fit_overheads(docs, load_profile("h200-sxm"))
+    assert fit.prefill_host[:2] == pytest.approx((0.8e-3, 0.35e-3))
+    assert fit.prefill_step_s == pytest.approx(prefill_s)
+    assert fit.eager.layer_s == pytest.approx(0.3e-3)
+
+
 def test_pipelined_runs_fit_the_stage_step_term():
     """Runs with pipeline stages give stage_step_s: the delay per stage before the last
     with which the twin reproduces their mean TPOT (the shipped CPU overhead runs: two

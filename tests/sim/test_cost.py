@@ -230,8 +230,10 @@ def test_follower_and_stage_step_overheads(toy_profile):
 
 def test_eager_steps_take_at_least_the_hosts_launch_time():
     """Decode steps of layouts or runs without CUDA graphs cost max(kernels, layers x the
-    eager host time per layer); prefill steps with TP collectives max(kernels, layers x
-    prefill_tp_layer_s); one-GPU prefill and graph-replayed decode have no floor."""
+    eager host time per layer + tail); prefill steps with TP collectives max(kernels,
+    layers x prefill_tp_layer_s + tail), the tail being the LM head the GPU runs after
+    the last launch; one-GPU prefill (no floor given) and graph-replayed decode have no
+    floor."""
     from twinfer.sim.kv_sharded import KvShardedStageCost
 
     m = model_preset("llama-3-8b")
@@ -249,20 +251,24 @@ def test_eager_steps_take_at_least_the_hosts_launch_time():
             assert floored.step(prompt)[0] == approx(bare.step(prompt)[0])
         else:
             assert bare.step(prompt)[0] < prefill_floor  # a short prompt: host-bound
-            assert floored.step(prompt)[0] == approx(prefill_floor)
+            assert floored.step(prompt)[0] == approx(prefill_floor + floored.tail_s(prompt))
+            assert 0 < floored.tail_s(prompt) < 1e-3
         assert floored.step(decode)[0] == approx(bare.step(decode)[0])  # graph replay
     # a layout the executor decodes eagerly gets the decode floor
     spec = StageSpec(m, 2, 32, "nvlink", True, True)
     sharded = KvShardedStageCost(spec, with_floor, "fused")
-    assert sharded.step(decode)[0] == approx(64e-3)
+    assert sharded.step(decode)[0] == approx(64e-3 + sharded.tail_s(decode))
     one_gpu = CostModel(make_profile(overheads={**over, "cuda_graphs": False}), "bf16")
     alone = StageCost(StageSpec(m, 1, 32, "nvlink", True, True), one_gpu)
-    assert alone.step(decode)[0] == approx(32e-3)  # --no-cuda-graphs: eager decode
+    assert alone.step(decode)[0] == approx(32e-3 + alone.tail_s(decode))  # eager decode
+    first = StageCost(StageSpec(m, 1, 16, "nvlink", True, False), one_gpu)
+    assert first.tail_s(decode) == 0  # a stage that does not sample has no tail
 
 
 def test_one_gpu_prefill_floor_and_the_drivers_time_per_sequence():
     """A one-GPU prefill step takes at least ``prefill_host_s + layers x
-    prefill_layer_s`` (the host enqueueing it); the driver's stage adds ``seq_s`` per
+    prefill_layer_s`` (the host enqueueing it) and its tail (the LM head launched last);
+    the driver's stage adds ``seq_s`` per
     sequence of any step, a follower stage none (docs/PROFILE.md)."""
     m = model_preset("llama-3-8b")
     over = {"cuda_graphs": True, "prefill_layer_s": 1e-3, "prefill_host_s": 1e-3,
@@ -272,7 +278,7 @@ def test_one_gpu_prefill_floor_and_the_drivers_time_per_sequence():
     prompt = StepBatch(0, 0, ((64, 0),), 64, 1)
     driver = StageCost(StageSpec(m, 1, 32, "nvlink", True, True), cost)
     assert StageCost(StageSpec(m, 1, 32, "nvlink", True, True), bare).step(prompt)[0] < 33e-3
-    assert driver.step(prompt)[0] == approx(1e-3 + 32 * 1e-3 + 10e-6)
+    assert driver.step(prompt)[0] == approx(1e-3 + 32 * 1e-3 + driver.tail_s(prompt) + 10e-6)
     decode = StepBatch(decode_n=16, decode_ctx_sum=16 * 512, logits_n=16)
     plain = StageCost(StageSpec(m, 1, 32, "nvlink", True, True), bare).step(decode)[0]
     assert driver.step(decode)[0] == approx(plain + 16 * 10e-6)

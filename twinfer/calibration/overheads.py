@@ -37,7 +37,10 @@ executor records the driver's host time enqueueing each step (``host_s``), and t
 prefill steps' host times fit its floor ``prefill_host_s + prefill_layer_s * layers``
 (each run once, by its median: the host's speed differs from process to process).
 Prefill steps then fit ``prefill_step_s`` as the mean of what is left after
-``max(kernels, floor)`` and ``seq_s``. No step is
+``max(kernels, floor + tail)`` and ``seq_s``, the tail being what the GPU runs after the
+host's last launch (the LM head, its gather and sampling: ``StageCost.tail_s``; a
+host-paced H100 prefill ended 0.22-0.25 ms after that launch). Without the tail the
+constant absorbed it and charged it to kernel-bound prefills too. No step is
 dropped as an outlier: the host's occasional stalls are part of what a served token
 costs, and mean TPOT and TPS include them. The layer term can only be told apart by
 runs whose layer counts differ; with one layer count everything goes to the step
@@ -53,11 +56,11 @@ KV-sharded layouts) are launched kernel by kernel from Python, and with small wo
 layer the host, not the GPU, sets their pace: one 512-token prompt under TP=2 took
 38.7-51.8 ms on two H200s against 11-15 ms of kernels, its NCCL kernels waiting for
 the peer's host to launch its side. The twin prices such a step as
-``max(kernels, floor)`` plus the step terms, the floor being ``layers x`` a host time
+``max(kernels, floor + tail)`` plus the step terms, the floor being ``layers x`` a host time
 per layer: for eager decode ``eager_layer_s`` (``eager_tp_layer_s`` for a layer with TP
 collectives, each a c10d call), fitted from the decode steps of runs without graphs
 (``--no-cuda-graphs``; the GPU campaign adds one at TP=1 and, with two GPUs, one at
-TP=2): what each step took beyond the step terms, per layer. For prefill
+TP=2): what each step took beyond the step terms and its tail, per layer. For prefill
 ``prefill_tp_layer_s``, fitted the same way from the prefill steps of the TP=2 overhead
 runs (after ``prefill_step_s``, which the one-GPU runs fit), over those the host bound.
 A one-GPU prefill's floor comes from its recorded host time (above), not from these
@@ -239,7 +242,7 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
 
     prefill_step_s = None
     if prefill and decode is not rows:
-        left = [r.measured_s - max(r.kernels_s, prefill_floor(r)) - seq_s * r.batch
+        left = [r.measured_s - max(r.kernels_s, prefill_floor(r) + r.tail_s) - seq_s * r.batch
                 for r in prefill]
         prefill_step_s = max(0.0, float(np.mean(left)))
     eager = None
@@ -253,7 +256,7 @@ def fit_overheads(docs: list[dict], profile: Profile) -> OverheadFit:
 
     def resid(r: StepReplay) -> float:
         if r.phase == "prefill" and prefill_step_s is not None:
-            return (r.measured_s - max(r.kernels_s, prefill_floor(r)) - prefill_step_s
+            return (r.measured_s - max(r.kernels_s, prefill_floor(r) + r.tail_s) - prefill_step_s
                     - seq_s * r.batch)
         return r.measured_s - r.kernels_s - step_s - per_layer_s * r.layers - seq_s * r.batch
 
@@ -345,13 +348,15 @@ def _fit_prefill_host(rows: list[StepReplay]) -> tuple[float, float, int] | None
 def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: float,
                        per_layer_s: float, follower_step_s: float) -> EagerFit:
     """``prefill_tp_layer_s`` from prefill steps with TP collectives: what such a step took
-    beyond the prefill step terms, per layer, averaged over the steps it bound (those
-    whose host time exceeded their kernels); 0 if none did. (One-GPU prefill has its own
+    beyond the prefill step terms and its tail (``StepReplay.tail_s``), per layer,
+    averaged over the steps it bound (those whose host time exceeded their kernels); 0
+    if none did. (One-GPU prefill has its own
     floor, `_fit_prefill_host`.)"""
 
     hosts = [(r.measured_s - prefill_step_s - follower_step_s, r) for r in rows]
     bound = [(h, r) for h, r in hosts if h > r.kernels_s]
-    layer_s = float(np.mean([h / r.layers for h, r in bound])) if bound else 0.0
+    layer_s = float(np.mean([max(0.0, h - r.tail_s) / r.layers for h, r in bound])) \
+        if bound else 0.0
     return replace(eager, prefill_tp_layer_s=layer_s, prefill_tp_steps=len(rows),
                    prefill_tp_host_bound=len(bound))
 
@@ -359,9 +364,9 @@ def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: 
 def _fit_eager(rows: list[StepReplay], step_s: float, per_layer_s: float,
                follower_step_s: float, seq_s: float = 0.0) -> EagerFit | None:
     """Host time per layer from eager decode steps (their median): what a step took
-    beyond the step terms, per layer (``measured = max(kernels, layers * h) + terms``,
-    inverted where the host bound; a step whose kernels bound it gives an upper bound of
-    ``h``, which the floor then never exceeds for that step's shape)."""
+    beyond the step terms and its tail, per layer (``measured = max(kernels, layers * h
+    + tail) + terms``, inverted where the host bound; a step whose kernels bound it gives
+    an upper bound of ``h``, which the floor then never exceeds for that step's shape)."""
     def host_s(r: StepReplay) -> float:
         terms = (step_s + per_layer_s * r.layers + seq_s * r.batch
                  + (follower_step_s if r.gpus > 1 else 0.0))
@@ -380,8 +385,8 @@ def _fit_eager(rows: list[StepReplay], step_s: float, per_layer_s: float,
         bound = sum(h > r.kernels_s for h, r in zip(hosts, group, strict=True))
         # the median: one step that compiled a kernel (0.59 s) or ran on a slowed host
         # must not set the floor of every eager step
-        return float(np.median([h / r.layers for h, r in zip(hosts, group, strict=True)])), \
-            len(group), bound
+        return float(np.median([max(0.0, h - r.tail_s) / r.layers
+                                for h, r in zip(hosts, group, strict=True)])), len(group), bound
 
     layer_s, n, bound = per_layer(alone)
     tp_layer_s, tp_n, tp_bound = per_layer(crowd)

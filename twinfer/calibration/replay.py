@@ -44,6 +44,8 @@ class StepReplay:
     host_s: float | None = None  # the driver's host time enqueueing its stage (recorded
     # by this session's executor; None in older results)
     run: int = 0  # which of several runs the step came from (set by the overheads fit)
+    tail_s: float = 0.0  # what the last stage's GPU runs after an eager step's last
+    # launch (StageCost.tail_s): a host-paced step ends that long after its floor
 
 
 def check_results(doc: object, where: str = "results") -> dict:
@@ -132,7 +134,8 @@ def replay(doc: dict, profile: Profile | None = None) -> list[StepReplay]:
         out.append(StepReplay(step["phase"], int(step["batch"]), int(step["tokens"]),
                               measured_s, predicted, kernels,
                               pipe.stages[0].spec.num_layers, len(pipe.stages),
-                              sum(len(g) for g in pipe.gpus), _driver_host_s(step, drivers)))
+                              sum(len(g) for g in pipe.gpus), _driver_host_s(step, drivers),
+                              tail_s=pipe.stages[-1].tail_s(batch)))
     return out
 
 

@@ -84,15 +84,31 @@ class StageCost:
     def step(self, batch: StepBatch) -> tuple[float, float]:
         """(time_s, comm_s) of this stage's work on ``batch``; comm_s is part of time_s.
         An eager step takes at least the host's time to launch it (``eager_floor_s`` for
-        decode without graphs, ``prefill_floor_s`` for prefill)."""
+        decode without graphs, ``prefill_floor_s`` for prefill) plus what the GPU runs
+        after the last launch (``tail_s``)."""
         graphed = self.graphed(batch)
         time_s, comm_s = self.device_step(batch, graphed)
         if not graphed:
-            time_s = max(time_s, self.prefill_floor_s if batch.prefill_tokens
-                         else self.eager_floor_s)
+            floor = self.prefill_floor_s if batch.prefill_tokens else self.eager_floor_s
+            if floor:
+                time_s = max(time_s, floor + self.tail_s(batch))
         # per_layer_s may be negative (graph replay undercuts the sweeps' launch-bound
         # floors): a correction to the kernels, never below zero for an empty step
         return max(0.0, time_s + self.fixed_of(batch)), comm_s
+
+    def tail_s(self, batch: StepBatch) -> float:
+        """What the GPU still runs after a host-paced step's last launch: the LM head,
+        its gather and sampling, on the stage that samples (launched last, they start
+        when it lands). A one-GPU prefill on an H100 ended 0.22-0.25 ms after its host's
+        last launch, the LM head of one token being 0.34 ms (docs/VALIDATION.md)."""
+        if not self.spec.last or not batch.logits_n:
+            return 0.0
+        graphed = self.graphed(batch)
+        head = self._head.get((batch.logits_n, graphed))
+        if head is None:
+            head = self._head[(batch.logits_n, graphed)] = self._lm_head_s(
+                batch.logits_n, graphed)
+        return head[0]
 
     def graphed(self, batch: StepBatch) -> bool:
         """A pure decode step replays a CUDA graph where the executor captures them."""
