@@ -85,8 +85,9 @@ def calibrate(
     time_budget_s: float = typer.Option(0.0, "--time-budget-s",
                                         help="stop the compute sweeps after this long (0: none)"),
     from_exec: Optional[list[str]] = typer.Option(  # noqa: UP045
-        None, "--from-exec", help="executor results JSON(s): fit the profile's overheads "
-        "from their step timelines instead of sweeping (needs --profile or --out)"),
+        None, "--from-exec", help="executor results JSON, or a folder of them (repeat the "
+        "flag for several): fit the profile's overheads from their step timelines instead "
+        "of sweeping (needs --profile or --out)"),
     profile: str = typer.Option("", "--profile", help="with --from-exec: the profile to fit"),
 ) -> None:
     """Measure the visible device and write a calibration profile (resumes if interrupted)."""

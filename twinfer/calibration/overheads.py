@@ -483,7 +483,23 @@ def fit_overheads_into(results: list[Path], profile_src: str | Path,
     return fit, target
 
 
+def results_files(paths: list[Path]) -> list[Path]:
+    """The results JSONs ``paths`` name: a folder stands for the ``*.json`` in it."""
+    out = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise SpecError(str(path), "is a folder without results JSONs",
+                                "give executor results files or a folder holding them")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
 def fit_overheads_cli(results: list[Path], profile_src: str | Path, out: str | Path) -> str:
     """The ``twinfer calibrate --from-exec`` verb: fit, write, and say what happened."""
+    results = results_files(results)
     fit, target = fit_overheads_into(results, profile_src, out)
     return f"{fit.note([p.name for p in results])}\nwrote {target}"
