@@ -1,10 +1,13 @@
-"""Host time of the executor's scheduler per decode step against batch size.
+"""Host time of the executor's scheduler: per decode step against batch size, and per
+prefill plan against prompt length.
 
-CPU only, no model: every sequence has a 512-token prompt, is prefilled once, then
-200 decode steps are planned and completed; the median per step is printed.
-`python scripts/bench_scheduler.py`. Recorded in docs/BENCHMARKS.md.
+CPU only, no model. Decode: every sequence has a 512-token prompt, is prefilled once,
+then 200 decode steps are planned and completed; the median per step is printed.
+Prefill: the plan of one prompt of 512 to 32K tokens (token ids, positions, KV slots),
+the median of 9. `python scripts/bench_scheduler.py`. Recorded in docs/BENCHMARKS.md.
 """
 
+import statistics
 import time
 
 from twinfer.exec.kv_cache import BlockAllocator
@@ -29,3 +32,18 @@ for batch in (1, 4, 16, 64, 256):
     times.sort()
     print(f"batch {batch:4d}: median {times[STEPS // 2] * 1e6:8.1f} us per decode step "
           "(plan + complete)")
+
+
+def prefill_plan_s(tokens: int) -> float:
+    cfg = BatchingConfig(max_running=4, max_prefill_tokens=tokens, page_size=16,
+                         micro_batches=1, max_blocks=tokens // 16 + 2)
+    sched = Scheduler([Sequence(rid=0, arrival_s=0.0, prompt=list(range(tokens)),
+                                max_new=4)], cfg, BlockAllocator(tokens // 16 + 64))
+    t0 = time.perf_counter()
+    sched.next_plan(0.0)
+    return time.perf_counter() - t0
+
+
+for tokens in (512, 4096, 8192, 32768):
+    median = statistics.median(prefill_plan_s(tokens) for _ in range(9))
+    print(f"prompt {tokens:6d} tokens: median {median * 1e6:8.1f} us per prefill plan")
