@@ -96,6 +96,29 @@ tp1_campaign() {
     --run-timeout-s 120 --time-budget-s $(( $(left) - $1 - 15 )) 2>&1 | tail -24
   tar czf "$OUT/campaign.tgz" -C /tmp campaign
 }
+# the ops named ($1, calibrate's --ops) re-swept into this GPU type's profile (at most
+# 240 s), decode attention as swept and in situ, the TP=1 overhead runs and matrix
+# against the re-swept profile, two fresh first prefills, batch 1-64 TPOT against the
+# roofline; results into $OUT/results.tgz
+resweep() {
+  {
+    log "calibrate --ops $1 -> $name"
+    timeout -k 5 240 python3 -m twinfer.cli calibrate --ops "$1" \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -6
+    log "decode attention: sweep vs in situ"
+    timeout -k 5 60 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
+      2>&1 | tail -12
+    tp1_campaign 60
+    first_prefills 2
+    if [ $(left) -gt 40 ]; then
+      log "bench --part ours (roofline)"
+      timeout -k 5 $(( $(left) - 10 )) python3 -m twinfer.exec.bench --part ours \
+        --batches 1 16 64 --contexts 512 4096 --out /tmp/res/bench-ours.json 2>&1 | tail -9
+    fi
+    tar czf "$OUT/results.tgz" -C /tmp res
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+}
 # $1 fresh processes of the TP=1 b1 c512 point (its first prefill is host-paced)
 first_prefills() {
   point_yaml docs/calibration/results/h200-sxm-x1/tp1_b1_c512.json
@@ -463,24 +486,7 @@ resweep8)
   shipped_profile
   new_gpu_tests 60
   gpu_tests 120 tests/kernels/test_decode.py tests/exec/test_gpu.py
-  {
-    log "calibrate --ops gemm,decode_attention,prefill_attention,elementwise -> $name"
-    timeout -k 5 240 python3 -m twinfer.cli calibrate \
-      --ops gemm,decode_attention,prefill_attention,elementwise \
-      --out "$camp/profiles/$name.json" 2>&1 | tail -6
-    log "decode attention: sweep vs in situ"
-    timeout -k 5 60 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
-      2>&1 | tail -12
-    tp1_campaign 60
-    first_prefills 2
-    if [ $(left) -gt 40 ]; then
-      log "bench --part ours (roofline)"
-      timeout -k 5 $(( $(left) - 10 )) python3 -m twinfer.exec.bench --part ours \
-        --batches 1 16 64 --contexts 512 4096 --out /tmp/res/bench-ours.json 2>&1 | tail -9
-    fi
-    tar czf "$OUT/results.tgz" -C /tmp res
-    log "done"
-  } >> "$OUT/run.log" 2>&1
+  resweep gemm,decode_attention,prefill_attention,elementwise
   ;;
 resweep7)
   # one GPU, sixth session (split heuristic: about 32 KV splits at batch 1 and 32K): the
@@ -493,23 +499,7 @@ resweep7)
   gpu_tests 150 tests/kernels/test_decode.py tests/exec/test_gpu.py \
     tests/exec/test_host_side.py --deselect \
     tests/exec/test_host_side.py::test_the_jit_clock_sees_a_real_compile
-  {
-    log "calibrate --ops decode_attention -> $name"
-    timeout -k 5 240 python3 -m twinfer.cli calibrate --ops decode_attention \
-      --out "$camp/profiles/$name.json" 2>&1 | tail -4
-    log "decode attention: sweep vs in situ"
-    timeout -k 5 60 python3 scripts/decode_in_situ.py --out /tmp/res/decode_in_situ.json \
-      2>&1 | tail -12
-    tp1_campaign 60
-    first_prefills 2
-    if [ $(left) -gt 40 ]; then
-      log "bench --part ours (roofline)"
-      timeout -k 5 $(( $(left) - 10 )) python3 -m twinfer.exec.bench --part ours \
-        --batches 1 16 64 --contexts 512 4096 --out /tmp/res/bench-ours.json 2>&1 | tail -9
-    fi
-    tar czf "$OUT/results.tgz" -C /tmp res
-    log "done"
-  } >> "$OUT/run.log" 2>&1
+  resweep decode_attention
   ;;
 campaign5)
   # one GPU: the executor's GPU tests, then the TP=1 overhead runs and matrix with the
