@@ -302,3 +302,28 @@ def test_samples_of_another_kernel_build_are_named_in_the_provenance():
     assert (f"h100-sxm decode_attention: samples taken with another build of the kernels "
             f"than this checkout's ({kernels_fingerprint()}); `twinfer calibrate --ops "
             "decode_attention` re-measures them") in lines
+
+
+def test_samples_timed_one_launch_at_a_time_are_named_in_the_provenance():
+    """A GPU profile's sections timed eagerly carry the event gap per kernel: the
+    provenance says which and how to re-time them; graph-timed ones are not named."""
+    from twinfer.sim.profile import load_profile
+
+    base = load_profile("h100-sxm")
+    ops = base.ops.model_copy(update={
+        kind: getattr(base.ops, kind).model_copy(update={"timing": "graph"})
+        for kind in ("gemm", "decode_attention", "prefill_attention")})
+    ops = ops.model_copy(update={"elementwise": ops.elementwise.model_copy(
+        update={"timing": "eager"})})
+    lines = CostModel(base.model_copy(update={"ops": ops}), "bf16").provenance.lines()
+    named = [line for line in lines if "one launch at a time" in line]
+    assert len(named) == 1 and "h100-sxm elementwise:" in named[0]
+    assert "--ops elementwise" in named[0] and "gemm" not in named[0]
+    graphed = ops.model_copy(update={"elementwise": ops.elementwise.model_copy(
+        update={"timing": "graph"})})
+    assert not [line for line in CostModel(base.model_copy(update={"ops": graphed}),
+                                           "bf16").provenance.lines()
+                if "one launch at a time" in line]
+    cpu = load_profile("cpu")  # wall-clock samples: no event gap to name
+    assert not [line for line in CostModel(cpu, "fp32").provenance.lines()
+                if "one launch at a time" in line]

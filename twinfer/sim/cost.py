@@ -88,6 +88,7 @@ class CostModel:
         self._build_compute()
         self._cache: dict[tuple, float] = {}
         self._note_stale_kernels()
+        self._note_eager_timing()
 
     # ---- setup ---------------------------------------------------------------------
     def _note_stale_kernels(self) -> None:
@@ -103,6 +104,19 @@ class CostModel:
                 f"{self.name} {', '.join(stale)}: samples taken with another build of the "
                 f"kernels than this checkout's ({here}); `twinfer calibrate --ops "
                 f"{','.join(stale)}` re-measures them"))
+
+    def _note_eager_timing(self) -> None:
+        """Say when a GPU profile's kernel samples were each timed as one launch between
+        two events: a short kernel then carries the event gap, which the executor, its
+        kernels back to back, does not pay (docs/PROFILE.md, ``timing``)."""
+        if self.profile.source != "measured":
+            return
+        eager = self.profile.ops.timed_one_by_one()
+        if eager:
+            self.provenance.note(("timing", self.name), (
+                f"{self.name} {', '.join(eager)}: samples timed one launch at a time, so "
+                f"short kernels are priced with the gap between two events (a few us each); "
+                f"`twinfer calibrate --ops {','.join(eager)}` re-times them back to back"))
 
     def _build_compute(self) -> None:
         ops = self.profile.ops

@@ -164,6 +164,12 @@ class Ops(_Strict):
     prefill_attention: PrefillAttentionOp = PrefillAttentionOp()
     elementwise: ElementwiseOp = ElementwiseOp()
 
+    def timed_one_by_one(self) -> list[str]:
+        """The sections holding samples not timed back to back (``timing`` other than
+        'graph'; docs/PROFILE.md)."""
+        return [kind for kind in type(self).model_fields
+                if (op := getattr(self, kind)).samples and op.timing != "graph"]
+
     def taken_elsewhere(self, kernels: str) -> list[str]:
         """The sections whose samples record another build of the kernels than
         ``kernels`` (sections that record none are not counted)."""
