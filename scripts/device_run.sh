@@ -477,6 +477,22 @@ resweep7s)
     log "done"
   } >> "$OUT/run.log" 2>&1
   ;;
+resweep8s)
+  # resweep8 in what a session's last device minutes allow: every compute sweep re-swept
+  # (graphed) into this GPU type's profile, then the TP=1 overhead runs and matrix
+  # against it (as many points as the budget holds), one fresh first prefill if time is
+  # left; no tests
+  shipped_profile
+  {
+    log "calibrate --ops gemm,decode_attention,prefill_attention,elementwise -> $name"
+    timeout -k 5 $(( $(left) - 60 )) python3 -m twinfer.cli calibrate \
+      --ops gemm,decode_attention,prefill_attention,elementwise \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -4
+    tp1_campaign 8
+    [ $(left) -gt 20 ] && first_prefills 1
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+  ;;
 resweep8)
   # one GPU, seventh session (every compute sweep timed back to back in a CUDA graph):
   # the new GPU tests (not blocking), the decode kernels' and executor's GPU tests, GEMM,
