@@ -52,16 +52,17 @@ def test_compare_notes_samples_of_another_kernel_build():
     from twinfer.compare import kernel_notes
 
     base = load_profile("h100-sxm")
-    ops = base.ops.model_copy(update={
-        "decode_attention": base.ops.decode_attention.model_copy(update={"kernels": "aaaa"}),
-        "gemm": base.ops.gemm.model_copy(update={"kernels": "bbbb"})})
+    ops = base.ops.model_copy(update={  # decode attention swept with build aaaa, the rest bbbb
+        kind: getattr(base.ops, kind).model_copy(update={
+            "kernels": "aaaa" if kind == "decode_attention" else "bbbb"})
+        for kind in type(base.ops).model_fields})
     profile = base.model_copy(update={"ops": ops})
     assert kernel_notes({"versions": {"kernels": "bbbb"}}, profile) == (
         "h100-sxm's decode_attention samples were taken with another build of the kernels "
         "than this run's (bbbb): re-sweep them (twinfer calibrate --ops decode_attention) "
         "for a fair comparison",)
     assert kernel_notes({"versions": {"kernels": "aaaa"}}, profile)[0].startswith(
-        "h100-sxm's gemm samples")
+        "h100-sxm's gemm, prefill_attention, elementwise samples")
     assert kernel_notes({"versions": {}}, profile) == ()  # results from before
     before = base.model_copy(update={"ops": base.ops.model_copy(update={  # none recorded
         kind: getattr(base.ops, kind).model_copy(update={"kernels": None})

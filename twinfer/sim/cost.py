@@ -84,6 +84,10 @@ class CostModel:
                             f"add a {dtype} entry or use a model of another dtype")
         self.flops_per_s = flops
         self.sustained = profile.peaks.sustained_matmul_fraction
+        # samples timed back to back in a CUDA graph already run at a sustained power
+        # draw: the sustained fraction applies to eager-timed samples and rooflines only
+        self._settle_gemm = profile.ops.gemm.timing != "graph"
+        self._settle_prefill = profile.ops.prefill_attention.timing != "graph"
         self.copy_bytes_per_s = profile.peaks.copy_bytes_per_s
         self._build_compute()
         self._cache: dict[tuple, float] = {}
@@ -199,8 +203,9 @@ class CostModel:
         if hit is not None:
             return hit
         series = self._gemm.get((n, k))
+        settle = self._settle_gemm
         if series is None:
-            t = self._gemm_roofline(m, n, k)
+            t, settle = self._gemm_roofline(m, n, k), True
             self._ceiling_note("gemm", f"n={n} k={k}", self._gemm_bw, bool(self._gemm))
         else:
             t, where = series.at(m)
@@ -212,7 +217,8 @@ class CostModel:
                 self.provenance.note(("gemm", "inside", (n, k)),
                                      f"{self.name} gemm n={n} k={k}: interpolated over "
                                      f"{len(series)} measured m{_spikes(series)}")
-        t = self._settled(t, 2.0 * m * n * k)
+        if settle:
+            t = self._settled(t, 2.0 * m * n * k)
         self._cache[key] = t
         return t
 
@@ -220,7 +226,14 @@ class CostModel:
         """``t`` measured in a burst, as it runs with the tensor cores busy for seconds:
         slowed by the profile's sustained matmul fraction in proportion to how
         compute-bound the op is (its FLOP/s over the peak; a memory-bound op keeps its
-        time, since the clocks that drop are the SMs', not the memory's)."""
+        time, since the clocks that drop are the SMs', not the memory's).
+
+        Not for samples timed back to back in a CUDA graph (``timing`` 'graph'): each
+        keeps the tensor cores busy without a pause for the whole sample, as a long
+        prefill does. On the H100 that took them, the prefill kernels summed from such
+        samples came out 1.8% over the executor's prefill GPU time (mean of six runs)
+        without the fraction and 7.6% over with it (docs/VALIDATION.md, seventh
+        session)."""
         if self.sustained >= 1.0 or t <= 0:
             return t
         busy = min(1.0, flops / t / self.flops_per_s)
@@ -288,6 +301,8 @@ class CostModel:
             self.provenance.note(("prefill_attention", "inside", shape),
                                  f"{self.name} prefill_attention {_heads(shape)}: interpolated "
                                  f"over {len(series)} measured prompt lengths{_spikes(series)}")
+        if not self._settle_prefill:
+            return t
         return self._settled(t, 2.0 * tokens * tokens * q_heads * head_dim)
 
     def _prefill_roofline(self, tokens: float, shape: tuple[int, int, int]) -> float:
