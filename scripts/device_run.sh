@@ -96,6 +96,19 @@ tp1_campaign() {
     --run-timeout-s 120 --time-budget-s $(( $(left) - $1 - 15 )) 2>&1 | tail -24
   tar czf "$OUT/campaign.tgz" -C /tmp campaign
 }
+# the ops named ($1) re-swept into this GPU type's profile (at most $2 s), then the
+# TP=1 overhead runs and matrix (as many points as the budget holds), one fresh first
+# prefill if time is left
+short_resweep() {
+  {
+    log "calibrate --ops $1 -> $name"
+    timeout -k 5 "$2" python3 -m twinfer.cli calibrate --ops "$1" \
+      --out "$camp/profiles/$name.json" 2>&1 | tail -4
+    tp1_campaign 8
+    [ $(left) -gt 20 ] && first_prefills 1
+    log "done"
+  } >> "$OUT/run.log" 2>&1
+}
 # the ops named ($1, calibrate's --ops) re-swept into this GPU type's profile (at most
 # 240 s), decode attention as swept and in situ, the TP=1 overhead runs and matrix
 # against the re-swept profile, two fresh first prefills, batch 1-64 TPOT against the
@@ -468,14 +481,7 @@ resweep7s)
     new_gpu_tests 40
     gpu_tests 90 tests/kernels/test_decode.py tests/exec/test_gpu.py
   fi
-  {
-    log "calibrate --ops decode_attention -> $name"
-    timeout -k 5 90 python3 -m twinfer.cli calibrate --ops decode_attention \
-      --out "$camp/profiles/$name.json" 2>&1 | tail -4
-    tp1_campaign 8
-    [ $(left) -gt 20 ] && first_prefills 1
-    log "done"
-  } >> "$OUT/run.log" 2>&1
+  short_resweep decode_attention 90
   ;;
 resweep8s)
   # resweep8 in what a session's last device minutes allow: every compute sweep re-swept
@@ -483,15 +489,7 @@ resweep8s)
   # against it (as many points as the budget holds), one fresh first prefill if time is
   # left; no tests
   shipped_profile
-  {
-    log "calibrate --ops gemm,decode_attention,prefill_attention,elementwise -> $name"
-    timeout -k 5 $(( $(left) - 60 )) python3 -m twinfer.cli calibrate \
-      --ops gemm,decode_attention,prefill_attention,elementwise \
-      --out "$camp/profiles/$name.json" 2>&1 | tail -4
-    tp1_campaign 8
-    [ $(left) -gt 20 ] && first_prefills 1
-    log "done"
-  } >> "$OUT/run.log" 2>&1
+  short_resweep gemm,decode_attention,prefill_attention,elementwise $(( $(left) - 60 ))
   ;;
 resweep8)
   # one GPU, seventh session (every compute sweep timed back to back in a CUDA graph):

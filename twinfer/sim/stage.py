@@ -103,12 +103,14 @@ class StageCost:
         last launch, the LM head of one token being 0.34 ms (docs/VALIDATION.md)."""
         if not self.spec.last or not batch.logits_n:
             return 0.0
-        graphed = self.graphed(batch)
-        head = self._head.get((batch.logits_n, graphed))
+        return self._head_of(batch.logits_n, self.graphed(batch))[0]
+
+    def _head_of(self, n: int, graphed: bool) -> tuple[float, float]:
+        """``_lm_head_s``, cached."""
+        head = self._head.get((n, graphed))
         if head is None:
-            head = self._head[(batch.logits_n, graphed)] = self._lm_head_s(
-                batch.logits_n, graphed)
-        return head[0]
+            head = self._head[(n, graphed)] = self._lm_head_s(n, graphed)
+        return head
 
     def graphed(self, batch: StepBatch) -> bool:
         """A pure decode step replays a CUDA graph where the executor captures them."""
@@ -125,10 +127,7 @@ class StageCost:
             dense = self._dense[(batch.tokens, graphed)] = self._dense_s(batch.tokens, graphed)
         time_s, comm_s = dense
         if self.spec.last:
-            head = self._head.get((batch.logits_n, graphed))
-            if head is None:
-                head = self._head[(batch.logits_n, graphed)] = self._lm_head_s(
-                    batch.logits_n, graphed)
+            head = self._head_of(batch.logits_n, graphed)
             time_s += head[0]
             comm_s += head[1]
         return time_s + self.attention_s(batch), comm_s
