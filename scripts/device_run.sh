@@ -104,8 +104,12 @@ short_resweep() {
     log "calibrate --ops $1 -> $name"
     timeout -k 5 "$2" python3 -m twinfer.cli calibrate --ops "$1" \
       --out "$camp/profiles/$name.json" 2>&1 | tail -4
-    tp1_campaign 8
-    [ $(left) -gt 20 ] && first_prefills 1
+    if [ $(left) -gt 60 ]; then
+      tp1_campaign 8
+      [ $(left) -gt 20 ] && first_prefills 1
+    else  # no time for executor runs: the re-swept profile alone
+      tar czf "$OUT/campaign.tgz" -C /tmp campaign
+    fi
     log "done"
   } >> "$OUT/run.log" 2>&1
 }
@@ -489,7 +493,7 @@ resweep8s)
   # against it (as many points as the budget holds), one fresh first prefill if time is
   # left; no tests
   shipped_profile
-  short_resweep gemm,decode_attention,prefill_attention,elementwise $(( $(left) - 60 ))
+  short_resweep gemm,decode_attention,prefill_attention,elementwise $(( $(left) - 8 ))
   ;;
 resweep8)
   # one GPU, seventh session (every compute sweep timed back to back in a CUDA graph):
