@@ -350,8 +350,7 @@ def _fit_prefill_floor(eager: EagerFit, rows: list[StepReplay], prefill_step_s: 
     """``prefill_tp_layer_s`` from prefill steps with TP collectives: what such a step took
     beyond the prefill step terms and its tail (``StepReplay.tail_s``), per layer,
     averaged over the steps it bound (those whose host time exceeded their kernels); 0
-    if none did. (One-GPU prefill has its own
-    floor, `_fit_prefill_host`.)"""
+    if none did. (One-GPU prefill has its own floor, `_fit_prefill_host`.)"""
 
     hosts = [(r.measured_s - prefill_step_s - follower_step_s, r) for r in rows]
     bound = [(h, r) for h, r in hosts if h > r.kernels_s]
