@@ -146,8 +146,10 @@ def build_profile(groups: dict[str, dict], info: dict, plan: SweepPlan, name: st
     if samples["elementwise"]:
         ops["elementwise"] = {"samples": elementwise_curve(samples["elementwise"])}
     fingerprint = kernels_fingerprint()
-    for section in ops.values():  # which build of the kernels these samples describe,
-        section["kernels"] = fingerprint  # timed how (sweep_compute: graphed on CUDA)
+    # which build of the kernels these samples describe, and how they were timed
+    # (sweep_compute: back to back in CUDA graphs on a GPU)
+    for section in ops.values():
+        section["kernels"] = fingerprint
         section["timing"] = "graph" if plan.device == "cuda" else "eager"
     if "gemm" in ops:
         ops["gemm"]["dtype"] = plan.dtype

@@ -197,8 +197,8 @@ class Scheduler:
         for i, s in enumerate(seqs):
             table[i, :len(s.blocks)] = s.blocks
         positions = np.array([s.context - 1 for s in seqs], dtype=np.int64)
-        slots = np.array([self._slots(s, s.context - 1, s.context)[0] for s in seqs],
-                         dtype=np.int64)
+        ps = self.cfg.page_size
+        slots = np.array([slot_of(s.blocks, s.context - 1, ps) for s in seqs], dtype=np.int64)
         return Plan(self.steps, group, "decode", [s.rid for s in seqs],
                     np.array([s.out[-1] for s in seqs], dtype=np.int64), positions, slots,
                     block_table=table,
@@ -208,8 +208,6 @@ class Scheduler:
         """KV slots of positions ``start .. stop - 1`` (``slot_of`` over an array: a
         Python loop per token cost 4-6 ms of host time before a 32K prompt's prefill)."""
         ps = self.cfg.page_size
-        if stop - start == 1:
-            return np.array([slot_of(seq.blocks, start, ps)], dtype=np.int64)
         pos = np.arange(start, stop, dtype=np.int64)
         return np.asarray(seq.blocks, dtype=np.int64)[pos // ps] * ps + pos % ps
 
